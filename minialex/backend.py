@@ -1,0 +1,254 @@
+"""The one place that knows NumPy from CuPy.
+
+Everything else asks this module for its array module (``xp``), so each line of layer code
+runs on the CPU through NumPy and on an NVIDIA GPU through CuPy::
+
+    from minialex import backend
+    backend.set_backend("cupy")          # or "numpy", or "auto"
+    with backend.set_backend("numpy"):   # ...or only for a block
+        ...
+    xp = backend.get_array_module(x)     # the module that owns x
+
+The starting backend comes from ``$MINIALEX_BACKEND`` (default ``numpy``).
+
+Random numbers come from one seeded :class:`Generator` (``backend.set_seed``,
+``backend.get_rng``). It is counter-based (SplitMix64): the i-th number drawn is a fixed
+function of the seed and i, computed with array ops on the active backend. So the same seed gives
+the same run, on NumPy and CuPy alike, and the generator's whole state is two integers that a
+checkpoint can save.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy
+
+__all__ = [
+    "BackendError", "Generator", "as_strided", "available_backends", "describe_device",
+    "get_array_module", "get_backend", "get_rng", "set_backend", "set_seed",
+    "synchronize", "to_device", "to_numpy", "xp",
+]
+
+BACKENDS = ("numpy", "cupy", "auto")
+CUPY_INSTALL_HINT = (
+    "install CuPy for your CUDA version: pip install 'minialex[cuda12]' (CUDA 12) "
+    "or pip install 'minialex[cuda13]' (CUDA 13)"
+)
+
+
+class BackendError(RuntimeError):
+    """An unknown backend name, or a backend this machine cannot run."""
+
+
+def _import_cupy():
+    """Return the cupy module if it imports and a GPU answers; else raise BackendError."""
+    try:
+        import cupy
+    except ImportError as exc:
+        raise BackendError(f"the 'cupy' backend needs CuPy, which is not installed ({exc}); "
+                           f"{CUPY_INSTALL_HINT}") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA driver missing or broken: CuPy raises its own error types
+        raise BackendError(f"CuPy is installed but no CUDA device answers ({exc}); "
+                           "run on a machine with an NVIDIA GPU and driver, or use --backend numpy") from None
+    if count < 1:
+        raise BackendError("CuPy is installed but no CUDA device is visible; use --backend numpy")
+    return cupy
+
+
+def cupy_available() -> bool:
+    """True where CuPy imports and a CUDA device answers."""
+    try:
+        _import_cupy()
+    except BackendError:
+        return False
+    return True
+
+
+def available_backends() -> list[str]:
+    """The concrete backends this machine can run, e.g. ``['numpy']`` or ``['numpy', 'cupy']``."""
+    return ["numpy", "cupy"] if cupy_available() else ["numpy"]
+
+
+def _resolve(name: str):
+    """Map a backend name to (concrete name, array module)."""
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    name = name.lower()
+    if name == "numpy":
+        return "numpy", numpy
+    if name == "cupy":
+        return "cupy", _import_cupy()
+    if cupy_available():
+        return "cupy", _import_cupy()
+    return "numpy", numpy
+
+
+class _BackendScope:
+    """What set_backend returns: the switch has already happened; ``with`` undoes it on exit."""
+
+    def __init__(self, previous):
+        self._previous = previous
+
+    def __enter__(self):
+        return get_backend()
+
+    def __exit__(self, *exc_info):
+        _state["name"], _state["xp"] = self._previous
+        return False
+
+
+def set_backend(name: str) -> _BackendScope:
+    """Switch the active backend to 'numpy', 'cupy' or 'auto' (CuPy where a GPU answers).
+
+    Usable as a plain call or as a context manager that restores the previous backend.
+    """
+    resolved = _resolve(name)
+    previous = (_state["name"], _state["xp"])
+    _state["name"], _state["xp"] = resolved
+    return _BackendScope(previous)
+
+
+def get_backend() -> str:
+    """The active backend's name: 'numpy' or 'cupy'."""
+    _ensure_backend()
+    return _state["name"]
+
+
+def xp():
+    """The active backend's array module (numpy or cupy)."""
+    return _state_xp()
+
+
+def get_array_module(*arrays):
+    """The module that owns the arrays: cupy if any is a CuPy array, else numpy."""
+    for array in arrays:
+        if type(array).__module__.startswith("cupy"):
+            return _import_cupy()
+    return numpy
+
+
+def to_device(array, dtype=None):
+    """Move an array (NumPy, CuPy or a list) onto the active backend, optionally casting."""
+    return _state_xp().asarray(array, dtype=dtype)
+
+
+def to_numpy(array):
+    """Bring an array back to the host as a NumPy array (no copy if it already is one)."""
+    if type(array).__module__.startswith("cupy"):
+        return array.get()
+    return numpy.asarray(array)
+
+
+def as_strided(array, shape, strides):
+    """A strided view of ``array`` (NumPy's or CuPy's ``as_strided``, whichever owns it)."""
+    module = get_array_module(array)
+    return module.lib.stride_tricks.as_strided(array, shape=shape, strides=strides)
+
+
+def synchronize():
+    """Wait for the device to finish queued work (a no-op on NumPy); use it before timing."""
+    if get_backend() == "cupy":
+        _state["xp"].cuda.get_current_stream().synchronize()
+
+
+def describe_device() -> str:
+    """A line saying what runs the arrays, e.g. 'numpy on the CPU' or 'cupy on NVIDIA H200'."""
+    if get_backend() == "cupy":
+        cupy = _state["xp"]
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return f"cupy {cupy.__version__} on {name} (CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()})"
+    return f"numpy {numpy.__version__} on the CPU"
+
+
+# --------------------------------------------------------------------------------------------
+# Random numbers
+
+
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+class Generator:
+    """A counter-based generator: SplitMix64 evaluated at positions ``position + arange(n)``.
+
+    ``z = seed + (position + i + 1) * 0x9E3779B97F4A7C15`` (mod 2**64), then the SplitMix64 finaliser
+    scrambles z. Every draw advances ``position`` by the number of values drawn, so the state is
+    ``(seed, position)`` and the numbers depend neither on the backend nor on how draws are batched.
+    """
+
+    def __init__(self, seed: int = 0):
+        if not isinstance(seed, (int, numpy.integer)) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        self.seed = int(seed) & _MASK64
+        self.position = 0
+
+    def get_state(self) -> dict:
+        return {"seed": self.seed, "position": self.position}
+
+    def set_state(self, state: dict) -> None:
+        self.seed = int(state["seed"]) & _MASK64
+        self.position = int(state["position"])
+
+    def bits(self, shape) -> object:
+        """uint64 random bits of the given shape, on the active backend."""
+        module = _state_xp()
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        count = int(numpy.prod(shape, dtype=numpy.int64))
+        start = (self.seed + (self.position + 1) * _GOLDEN_GAMMA) & _MASK64
+        self.position += count
+        z = module.arange(count, dtype=module.uint64)
+        z *= module.uint64(_GOLDEN_GAMMA)
+        z += module.uint64(start)
+        z ^= z >> module.uint64(30)
+        z *= module.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> module.uint64(27)
+        z *= module.uint64(0x94D049BB133111EB)
+        z ^= z >> module.uint64(31)
+        return z.reshape(shape)
+
+    def random(self, shape, dtype="float32"):
+        """Uniform numbers in [0, 1): 24 random bits for float32, 53 for float64."""
+        module = _state_xp()
+        mantissa = 24 if module.dtype(dtype) == module.float32 else 53
+        top_bits = self.bits(shape) >> module.uint64(64 - mantissa)
+        return top_bits.astype(dtype) * module.asarray(2.0 ** -mantissa, dtype=dtype)
+
+    def uniform(self, low, high, shape, dtype="float32"):
+        """Uniform numbers in [low, high)."""
+        module = _state_xp()
+        values = self.random(shape, dtype)
+        values *= module.asarray(high - low, dtype=dtype)
+        values += module.asarray(low, dtype=dtype)
+        return values
+
+    def permutation(self, n: int):
+        """A random permutation of ``arange(n)`` (argsort of random keys), on the active backend."""
+        return _state_xp().argsort(self.bits(n))
+
+
+def set_seed(seed: int) -> Generator:
+    """Start the run's generator afresh from ``seed`` (like ``keras.utils.set_random_seed``)."""
+    _state["rng"] = Generator(seed)
+    return _state["rng"]
+
+
+def get_rng() -> Generator:
+    """The run's generator: initialisation, dropout masks and shuffling all draw from it."""
+    return _state["rng"]
+
+
+_state = {"name": None, "xp": None, "rng": Generator(0)}
+
+
+def _ensure_backend():
+    """Pick the starting backend from $MINIALEX_BACKEND the first time one is needed."""
+    if _state["name"] is None:
+        _state["name"], _state["xp"] = _resolve(os.environ.get("MINIALEX_BACKEND", "numpy"))
+
+
+def _state_xp():
+    _ensure_backend()
+    return _state["xp"]

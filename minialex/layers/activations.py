@@ -1,0 +1,73 @@
+"""Activations: ReLU and Softmax, as layers and as the ``activation=`` of Dense and Conv2D.
+
+ReLU:    y = max(x, 0)                      dx = dout * [y > 0]
+Softmax: y_i = exp(x_i - m) / sum_j exp(x_j - m),   m = max_j x_j  (shifting changes nothing but
+         keeps exp from overflowing), over the last axis.
+         dx_i = y_i * (dout_i - sum_j dout_j y_j)   (the Jacobian diag(y) - y y^T applied to dout)
+
+A network that ends in softmax and trains with cross-entropy should not run this backward at all:
+``losses.SoftmaxCrossEntropy`` fuses the two into the stable form whose gradient is (p - y) / N.
+"""
+from __future__ import annotations
+
+from .. import backend
+from .base import Layer
+
+
+class ReLU(Layer):
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        xp = backend.get_array_module(x)
+        y = xp.maximum(x, 0)
+        self._y = y
+        return y
+
+    def backward(self, dout):
+        return dout * (self._y > 0)
+
+
+class Softmax(Layer):
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        xp = backend.get_array_module(x)
+        e = xp.exp(x - x.max(axis=-1, keepdims=True))
+        y = e / e.sum(axis=-1, keepdims=True)
+        self._y = y
+        return y
+
+    def backward(self, dout):
+        y = self._y
+        return y * (dout - (dout * y).sum(axis=-1, keepdims=True))
+
+
+ACTIVATIONS = {"relu": ReLU, "softmax": Softmax}
+
+
+def get_activation(name):
+    """None -> None; 'relu' / 'softmax' -> a fresh activation layer."""
+    if name is None or name == "linear":
+        return None
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose None, 'relu' or 'softmax'")
+    return ACTIVATIONS[name]()
+
+
+class WithActivation(Layer):
+    """Base of Dense and Conv2D: an affine map z, then the optional ``activation``.
+
+    ``forward(..., logits=True)`` returns z itself: Sequential asks for that when the loss is the
+    fused softmax cross-entropy, which applies the softmax itself.
+    """
+
+    def __init__(self, activation=None, **kwargs):
+        self.activation_name = activation
+        self.activation = get_activation(activation)
+        self._activated = False
+        super().__init__(**kwargs)
+
+    def _activate(self, z, training, logits):
+        self._activated = self.activation is not None and not logits
+        return self.activation.forward(z, training) if self._activated else z
+
+    def _activation_backward(self, dout):
+        return self.activation.backward(dout) if self._activated else dout

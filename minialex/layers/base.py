@@ -1,0 +1,137 @@
+"""Layer: the contract every layer obeys, and the little they share.
+
+The contract (tests, the gradient checker and Sequential rely on it):
+
+- ``forward(x, training=False) -> y`` with ``x`` batch-first, channels-last (N, H, W, C) for images;
+- ``backward(dout) -> dx``, after a ``forward(..., training=True)``; it also fills ``grads``;
+- ``params`` and ``grads``: dicts of arrays with the same keys (empty for parameter-free layers).
+  Both are updated *in place*, never rebound: ``params[k][...] = v`` changes the layer, and
+  Sequential may pack them into one flat buffer behind the layer's back;
+- layers with parameters take ``dtype=`` (default 'float32'; the gradient checks use 'float64') and
+  create them from ``input_shape=`` or on the first forward, on the active backend;
+- a layer runs on whatever backend its input lives on: it takes ``xp`` from its arrays.
+"""
+from __future__ import annotations
+
+import re
+
+from .. import backend
+
+
+class Layer:
+    #: number of axes the input must have, batch axis included (None: any number)
+    input_ndim: int | None = None
+
+    def __init__(self, input_shape=None, dtype="float32", name=None):
+        self.dtype = dtype
+        self.name = name or re.sub(r"(?<=[a-z])(?=[A-Z])", "_", type(self).__name__).lower()
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.input_shape = None
+        self.output_shape = None
+        self.built = False
+        if input_shape is not None:
+            self.build(tuple(input_shape))
+
+    # ---- shapes and parameters -------------------------------------------------------------
+    def build(self, input_shape):
+        """Create parameters for inputs of per-sample shape ``input_shape`` (batch axis excluded)."""
+        input_shape = tuple(int(d) for d in input_shape)
+        if self.input_ndim is not None and len(input_shape) != self.input_ndim - 1:
+            raise ValueError(f"{self.name}: expects inputs with {self.input_ndim} axes (batch first), "
+                             f"got per-sample shape {input_shape}")
+        self.input_shape = input_shape
+        self.output_shape = self.compute_output_shape(input_shape)
+        self.create_params(input_shape)
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        """Per-sample output shape for a per-sample input shape."""
+        return tuple(input_shape)
+
+    def create_params(self, input_shape):
+        """Layers with parameters override this and call ``add_param``."""
+
+    def add_param(self, name, value):
+        self.params[name] = value
+        self.grads[name] = backend.xp().zeros_like(value)
+
+    @property
+    def count_params(self) -> int:
+        return sum(int(p.size) for p in self.params.values())
+
+    # ---- input checks ----------------------------------------------------------------------
+    def _prepare(self, x):
+        """Check ``x`` (axes, dtype, device, shape), build on first use, and return it."""
+        if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
+            raise TypeError(f"{self.name}: expects an array, got {type(x).__name__}")
+        if self.input_ndim is not None and x.ndim != self.input_ndim:
+            raise ValueError(f"{self.name}: expects inputs with {self.input_ndim} axes (batch first), "
+                             f"got shape {tuple(x.shape)}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"{self.name}: expects floating-point inputs, got dtype {x.dtype}")
+        if not self.built:
+            self.build(x.shape[1:])
+        if self.params:
+            self._check_compatible(x)
+        return x
+
+    def _check_compatible(self, x):
+        reference = next(iter(self.params.values()))
+        if backend.get_array_module(x) is not backend.get_array_module(reference):
+            raise ValueError(f"{self.name}: the input is a {type(x).__module__.split('.')[0]} array but the "
+                             f"parameters live in {type(reference).__module__.split('.')[0]}; "
+                             "move it with minialex.backend.to_device")
+        if x.dtype != reference.dtype:
+            raise TypeError(f"{self.name}: input dtype {x.dtype} does not match the layer's dtype "
+                            f"{reference.dtype}; cast the input or build the layer with dtype='{x.dtype}'")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"{self.name}: expects inputs of shape (batch,) + {self.input_shape}, "
+                             f"got {tuple(x.shape)}")
+
+    # ---- the contract ----------------------------------------------------------------------
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def __call__(self, x, training=False):
+        return self.forward(x, training=training)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r}, output_shape={self.output_shape})"
+
+
+def glorot_uniform(shape, fan_in, fan_out, dtype):
+    """Keras's default kernel initialiser: U(-limit, limit), limit = sqrt(6 / (fan_in + fan_out))."""
+    limit = (6.0 / (fan_in + fan_out)) ** 0.5
+    return backend.get_rng().uniform(-limit, limit, shape, dtype)
+
+
+def normalize_pair(value, what):
+    """An int or a pair of ints -> a pair of positive ints (kernel sizes, strides)."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {value!r}")
+    return pair
+
+
+def output_length(length, window, stride, padding):
+    """Keras's output size along one axis: 'valid' floor((L - k) / s) + 1, 'same' ceil(L / s)."""
+    if padding == "same":
+        return -(-length // stride)
+    return (length - window) // stride + 1 if length >= window else 0
+
+
+def same_padding(length, window, stride):
+    """(before, after) zeros for 'same', as TensorFlow places them: the odd one goes after."""
+    out = -(-length // stride)
+    total = max((out - 1) * stride + window - length, 0)
+    return total // 2, total - total // 2
+
+
+def check_padding(padding):
+    if padding not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    return padding

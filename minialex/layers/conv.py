@@ -1,0 +1,114 @@
+"""Conv2D: 2-D convolution of channels-last images by im2col and one matrix product.
+
+Notation: N batch, H W input height and width, C input channels, F filters, KH KW kernel size,
+SH SW strides, OH OW output size; ``xpad`` is the input with its 'same' zeros added.
+
+Keras's (and TensorFlow's) convolution is a cross-correlation:
+    z[n, oh, ow, f] = bias[f] + sum_{i, j, c} xpad[n, oh*SH + i, ow*SW + j, c] * kernel[i, j, c, f]
+im2col lays each output pixel's receptive field out as one row, in (i, j, c) order:
+    cols[(n, oh, ow), (i, j, c)] = xpad[n, oh*SH + i, ow*SW + j, c]        (N*OH*OW, KH*KW*C)
+so the whole layer is one matrix product with the kernel seen as a (KH*KW*C, F) matrix:
+    z = cols @ K + bias                                                      (N*OH*OW, F) = (N, OH, OW, F)
+Backward, with dz the gradient after the activation:
+    d kernel = cols^T @ dz      d bias = sum over (n, oh, ow) of dz      dcols = dz @ K^T
+    dx = col2im(dcols), then the padding cropped off.
+col2im is the adjoint of im2col, not its inverse: every input pixel that im2col copied into several
+rows gets the *sum* of those rows' gradients. It is done tap by tap: for each of the KH*KW kernel
+positions (i, j), one strided slice-add.
+
+Output sizes are Keras's: 'valid' floor((H - KH) / SH) + 1, 'same' ceil(H / SH), with the 'same'
+zeros split as TensorFlow does (the odd one at the bottom/right).
+"""
+from __future__ import annotations
+
+from .. import backend
+from .activations import WithActivation
+from .base import check_padding, glorot_uniform, normalize_pair, output_length, same_padding
+
+
+def im2col(xpad, kernel_size, strides, out_size):
+    """(N, Hp, Wp, C) -> cols (N*OH*OW, KH*KW*C): a strided view of every window, copied once."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_size
+    n, _, _, c = xpad.shape
+    s_n, s_h, s_w, s_c = xpad.strides
+    windows = backend.as_strided(xpad, (n, oh, ow, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
+    return windows.reshape(n * oh * ow, kh * kw * c)
+
+
+def col2im(dcols, padded_shape, kernel_size, strides, out_size):
+    """The adjoint of im2col: (N*OH*OW, KH*KW*C) -> (N, Hp, Wp, C), summing overlapping windows."""
+    xp = backend.get_array_module(dcols)
+    (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_size
+    n, _, _, c = padded_shape
+    dcols = dcols.reshape(n, oh, ow, kh, kw, c)
+    dxpad = xp.zeros(padded_shape, dtype=dcols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxpad[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += dcols[:, :, :, i, j, :]
+    return dxpad
+
+
+class Conv2D(WithActivation):
+    input_ndim = 4
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, use_bias=True,
+                 input_shape=None, dtype="float32", name=None):
+        if not isinstance(filters, int) or filters < 1:
+            raise ValueError(f"filters must be a positive int, got {filters!r}")
+        self.filters = filters
+        self.kernel_size = normalize_pair(kernel_size, "kernel_size")
+        self.strides = normalize_pair(strides, "strides")
+        self.padding = check_padding(padding)
+        self.use_bias = use_bias
+        super().__init__(activation=activation, input_shape=input_shape, dtype=dtype, name=name)
+
+    def compute_output_shape(self, input_shape):
+        h, w, _ = input_shape
+        out = tuple(output_length(length, k, s, self.padding)
+                    for length, k, s in zip((h, w), self.kernel_size, self.strides))
+        if min(out) < 1:
+            raise ValueError(f"{self.name}: input {h}x{w} is smaller than the kernel "
+                             f"{self.kernel_size[0]}x{self.kernel_size[1]} with padding='valid'")
+        return out + (self.filters,)
+
+    def create_params(self, input_shape):
+        kh, kw = self.kernel_size
+        c = input_shape[-1]
+        self.add_param("kernel", glorot_uniform((kh, kw, c, self.filters), kh * kw * c, kh * kw * self.filters,
+                                                self.dtype))
+        if self.use_bias:
+            self.add_param("bias", backend.xp().zeros(self.filters, dtype=self.dtype))
+
+    def _pads(self):
+        if self.padding == "valid":
+            return (0, 0), (0, 0)
+        h, w, _ = self.input_shape
+        return (same_padding(h, self.kernel_size[0], self.strides[0]),
+                same_padding(w, self.kernel_size[1], self.strides[1]))
+
+    def forward(self, x, training=False, logits=False):
+        x = self._prepare(x)
+        xp = backend.get_array_module(x)
+        n = x.shape[0]
+        oh, ow, f = self.output_shape
+        pad_h, pad_w = self._pads()
+        xpad = xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))) if self.padding == "same" else x
+        cols = im2col(xpad, self.kernel_size, self.strides, (oh, ow))
+        z = cols @ self.params["kernel"].reshape(-1, f)
+        if self.use_bias:
+            z += self.params["bias"]
+        self._cols, self._padded_shape = cols, xpad.shape
+        return self._activate(z.reshape(n, oh, ow, f), training, logits)
+
+    def backward(self, dout):
+        oh, ow, f = self.output_shape
+        dz = self._activation_backward(dout).reshape(-1, f)
+        kernel = self.params["kernel"]
+        self.grads["kernel"][...] = (self._cols.T @ dz).reshape(kernel.shape)
+        if self.use_bias:
+            self.grads["bias"][...] = dz.sum(axis=0)
+        dcols = dz @ kernel.reshape(-1, f).T
+        dxpad = col2im(dcols, self._padded_shape, self.kernel_size, self.strides, (oh, ow))
+        (top, _), (left, _) = self._pads()
+        h, w, _ = self.input_shape
+        return dxpad[:, top:top + h, left:left + w, :]

@@ -1,0 +1,32 @@
+"""Dropout, inverted as Keras does it.
+
+Training:  mask = [u >= rate] / (1 - rate),  u ~ U[0, 1) per element;   y = x * mask
+Inference: y = x.
+Kept units are scaled up by 1 / (1 - rate) during training, so nothing changes at inference time.
+Backward: dx = dout * mask (the same mask). Masks come from the run's generator
+(``backend.get_rng()``), so a seed fixes them.
+"""
+from __future__ import annotations
+
+from .. import backend
+from .base import Layer
+
+
+class Dropout(Layer):
+    def __init__(self, rate, input_shape=None, name=None):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+        self.rate = rate
+        super().__init__(input_shape=input_shape, name=name)
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        if not training or self.rate == 0.0:
+            self._mask = None
+            return x
+        keep = backend.get_rng().random(x.shape, x.dtype) >= self.rate
+        self._mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.rate))
+        return x * self._mask
+
+    def backward(self, dout):
+        return dout if self._mask is None else dout * self._mask

@@ -1,0 +1,79 @@
+"""LocalResponseNorm: TensorFlow's ``tf.nn.local_response_normalization``, channels-last.
+
+    sqr_sum[n, h, w, d] = sum_{k = max(0, d - r)}^{min(C - 1, d + r)} x[n, h, w, k]^2
+    y = x / (bias + alpha * sqr_sum) ** beta                      r = depth_radius
+
+The window is 2r + 1 channels, clipped at the edges. Written with a banded C x C matrix
+B[k, d] = 1 if |k - d| <= r, the window sum is one matrix product over the channel axis:
+sqr_sum = (x * x) @ B. With den = bias + alpha * sqr_sum and B symmetric, the exact backward is
+
+    dx = dout * den^-beta  -  2 * alpha * beta * x * ((dout * y / den) @ B)
+
+(the second term: every output d whose window holds channel k sends its share back to x_k).
+
+Two conventions for the same layer:
+- TensorFlow and the AlexNet paper (Krizhevsky et al., 2012: k, n, alpha, beta) put alpha on the
+  plain sum: bias = k, depth_radius = (n - 1) / 2, alpha = alpha.
+- Caffe and PyTorch (``torch.nn.LocalResponseNorm(size, alpha, beta, k)``) divide alpha by the
+  window: size = 2 * depth_radius + 1, k = bias, and their alpha = alpha_tf * size.
+``caffe_to_tf`` and ``tf_to_caffe`` convert. (Caffe's own AlexNet got this wrong and trained with
+an alpha 5x too small.) The tutorial's depth_radius=2, bias=1, alpha=2e-5, beta=0.75 is
+PyTorch's LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=1).
+"""
+from __future__ import annotations
+
+from .. import backend
+from .base import Layer
+
+
+def caffe_to_tf(size, alpha, beta=0.75, k=1.0):
+    """PyTorch/Caffe (size, alpha, beta, k) -> keyword arguments of LocalResponseNorm."""
+    if size % 2 != 1:
+        raise ValueError(f"only odd window sizes map onto a depth_radius, got size={size}")
+    return {"depth_radius": (size - 1) // 2, "bias": k, "alpha": alpha / size, "beta": beta}
+
+
+def tf_to_caffe(depth_radius=2, bias=1.0, alpha=2e-5, beta=0.75):
+    """LocalResponseNorm's parameters -> PyTorch/Caffe's (size, alpha, beta, k) as a dict."""
+    size = 2 * depth_radius + 1
+    return {"size": size, "alpha": alpha * size, "beta": beta, "k": bias}
+
+
+def band_matrix(channels, depth_radius, dtype, xp):
+    """B[k, d] = 1 where |k - d| <= depth_radius: (x * x) @ B sums each channel's window."""
+    index = xp.arange(channels)
+    return (xp.abs(index[:, None] - index[None, :]) <= depth_radius).astype(dtype)
+
+
+class LocalResponseNorm(Layer):
+    input_ndim = 4
+
+    def __init__(self, depth_radius=2, bias=1.0, alpha=2e-5, beta=0.75, input_shape=None, name=None):
+        if not isinstance(depth_radius, int) or depth_radius < 0:
+            raise ValueError(f"depth_radius must be a non-negative int, got {depth_radius!r}")
+        self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
+        self._bands = {}
+        super().__init__(input_shape=input_shape, name=name)
+
+    def _band(self, x):
+        xp = backend.get_array_module(x)
+        key = (x.shape[-1], x.dtype.str, xp.__name__)
+        if key not in self._bands:
+            self._bands[key] = band_matrix(x.shape[-1], self.depth_radius, x.dtype, xp)
+        return self._bands[key]
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        band = self._band(x)
+        den = (x * x) @ band
+        den *= self.alpha
+        den += self.bias
+        scale = den ** -self.beta
+        y = x * scale
+        self._x, self._y, self._den, self._scale = x, y, den, scale
+        return y
+
+    def backward(self, dout):
+        x, y, den, scale = self._x, self._y, self._den, self._scale
+        window_sum = (dout * y / den) @ self._band(dout)
+        return dout * scale - (2.0 * self.alpha * self.beta) * x * window_sum

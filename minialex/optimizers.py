@@ -1,0 +1,100 @@
+"""Optimisers: update parameters in place, on whatever backend they live.
+
+``apply(params, grads)`` takes two lists of arrays (Sequential passes one flat buffer of every
+parameter and one of every gradient); ``get_state`` / ``set_state`` save and restore the step count
+and the slots (momenta), so a resumed run continues exactly.
+
+SGD (Keras):   velocity = momentum * velocity - lr * g;   p += velocity      (p -= lr * g if momentum = 0)
+Adam (Keras, Kingma & Ba with epsilon outside the square root), at step t = 1, 2, ...:
+    m = m + (1 - beta_1) * (g - m)         v = v + (1 - beta_2) * (g^2 - v)
+    alpha_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+    p = p - alpha_t * m / (sqrt(v) + epsilon)
+"""
+from __future__ import annotations
+
+from . import backend
+
+
+class Optimizer:
+    slot_names: tuple = ()
+
+    def __init__(self, learning_rate):
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
+        self.learning_rate = float(learning_rate)
+        self.iterations = 0
+        self.slots: dict[str, list] = {name: [] for name in self.slot_names}
+
+    def apply(self, params, grads):
+        """One update of every parameter from its gradient (lists of arrays, in the same order)."""
+        if len(params) != len(grads):
+            raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
+        for name in self.slot_names:
+            if not self.slots[name]:
+                self.slots[name] = [backend.get_array_module(p).zeros_like(p) for p in params]
+        self.iterations += 1
+        for index, (param, grad) in enumerate(zip(params, grads)):
+            self.update(index, param, grad)
+
+    def update(self, index, param, grad):
+        raise NotImplementedError
+
+    def get_state(self) -> dict:
+        """{'iterations': int, 'slot/i': array, ...}: everything a resumed run needs."""
+        state = {"iterations": self.iterations}
+        for name, arrays in self.slots.items():
+            state.update({f"{name}/{i}": a for i, a in enumerate(arrays)})
+        return state
+
+    def set_state(self, state: dict) -> None:
+        self.iterations = int(state["iterations"])
+        for name in self.slot_names:
+            count = sum(1 for key in state if key.startswith(name + "/"))
+            self.slots[name] = [backend.to_device(state[f"{name}/{i}"]) for i in range(count)]
+
+
+class SGD(Optimizer):
+    def __init__(self, learning_rate=0.01, momentum=0.0):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+        self.slot_names = ("velocity",) if momentum else ()
+        super().__init__(learning_rate)
+
+    def update(self, index, param, grad):
+        if not self.momentum:
+            param -= self.learning_rate * grad
+            return
+        velocity = self.slots["velocity"][index]
+        velocity *= self.momentum
+        velocity -= self.learning_rate * grad
+        param += velocity
+
+
+class Adam(Optimizer):
+    slot_names = ("m", "v")
+
+    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        super().__init__(learning_rate)
+
+    def update(self, index, param, grad):
+        xp = backend.get_array_module(param)
+        m, v = self.slots["m"][index], self.slots["v"][index]
+        t = self.iterations
+        m += (1.0 - self.beta_1) * (grad - m)
+        v += (1.0 - self.beta_2) * (grad * grad - v)
+        alpha = self.learning_rate * (1.0 - self.beta_2 ** t) ** 0.5 / (1.0 - self.beta_1 ** t)
+        param -= alpha * m / (xp.sqrt(v) + self.epsilon)
+
+
+OPTIMIZERS = {"adam": Adam, "sgd": SGD}
+
+
+def get_optimizer(optimizer):
+    """An Optimizer instance, or a name ('adam', 'sgd') for one with Keras's defaults."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
+        return OPTIMIZERS[optimizer.lower()]()
+    raise ValueError(f"unknown optimizer {optimizer!r}; pass 'adam', 'sgd' or an optimizers.Optimizer")
