@@ -178,12 +178,17 @@ class Sequential:
         correct = (out.argmax(axis=1) == y.argmax(axis=1)).sum(dtype=xp.int64)
         return loss, correct
 
-    def _backward_update(self):
-        """Backward through the loss and every layer, then one optimiser step over the flat buffers."""
+    def _backward(self):
+        """Backward through the loss and every layer: fills each layer's grads, returns d loss / d input."""
         dout = self.loss.backward()
         skip_softmax = self._fused_softmax and isinstance(self.layers[-1], Softmax)
         for layer in reversed(self.layers[:-1] if skip_softmax else self.layers):
             dout = layer.backward(dout)
+        return dout
+
+    def _backward_update(self):
+        """Backward pass, then one optimiser step over the flat parameter and gradient buffers."""
+        self._backward()
         self.optimizer.apply([self._flat_params], [self._flat_grads])
 
     def _inputs(self, x, y=None):

@@ -40,10 +40,10 @@ class Optimizer:
         raise NotImplementedError
 
     def get_state(self) -> dict:
-        """{'iterations': int, 'slot/i': array, ...}: everything a resumed run needs."""
+        """{'iterations': int, 'slot/i': array copy, ...}: everything a resumed run needs."""
         state = {"iterations": self.iterations}
         for name, arrays in self.slots.items():
-            state.update({f"{name}/{i}": a for i, a in enumerate(arrays)})
+            state.update({f"{name}/{i}": a.copy() for i, a in enumerate(arrays)})
         return state
 
     def set_state(self, state: dict) -> None:

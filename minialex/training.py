@@ -64,9 +64,7 @@ class NonFiniteGuard:
             self._snapshot()
 
     def _snapshot(self):
-        optimizer = self.model.optimizer
-        self.saved = (self.model._flat_params.copy(),
-                      {k: (v.copy() if hasattr(v, "copy") else v) for k, v in optimizer.get_state().items()})
+        self.saved = (self.model._flat_params.copy(), self.model.optimizer.get_state())
 
     def _fail(self, step, detail):
         raise NonFiniteLossError(f"the loss became non-finite at epoch {self.epoch + 1}, step {step + 1}; "

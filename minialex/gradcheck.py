@@ -1,0 +1,214 @@
+"""Finite-difference gradient checks: the proof that every backward pass is right.
+
+For a layer with output y = layer(x; params) and a random upstream gradient g (the same shape as
+y), the backward pass claims to compute the vector-Jacobian products
+    d/dx <g, y>   and   d/dparam <g, y>   for every parameter.
+The check measures the same numbers by central differences in float64, one element at a time:
+    d<g, y>/da_i  ~  (<g, y(a + h e_i)> - <g, y(a - h e_i)>) / 2h          (error O(h^2))
+and reports, per tensor, the largest discrepancy relative to the tensor's largest gradient:
+    error = max_i |analytic_i - numeric_i| / max_i max(|analytic_i|, |numeric_i|)
+(scaling by the tensor's largest entry keeps exactly-zero gradients, such as max-pool's losers,
+from dividing by zero). A layer passes when every tensor's error is <= 1e-6.
+
+Random layers (dropout) get the same mask in every evaluation: the run's generator is put back
+to the same state before each forward pass.
+
+    python -m minialex.gradcheck [--backend numpy|cupy|auto]
+
+prints the table for every layer, the fused loss and the whole tutorial network.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy
+
+from . import backend
+from .layers import Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D, ReLU, Softmax
+from .losses import SoftmaxCrossEntropy
+
+TOLERANCE = 1e-6
+STEP = 1e-6
+
+
+def tie_free(shape, seed=0, low=-1.0, high=1.0):
+    """Distinct, evenly spaced values in random order (float64, on the active backend).
+
+    Entries are low + (high - low) * (k + 1/4) / size: no two closer than (high - low) / size and none
+    equal to 0, so a step of 1e-6 never crosses a max-pool tie or ReLU's kink at an input.
+    """
+    size = int(numpy.prod(shape))
+    values = low + (high - low) * (numpy.arange(size) + 0.25) / size
+    numpy.random.default_rng(seed).shuffle(values)
+    return backend.to_device(values.reshape(shape), dtype="float64")
+
+
+def relative_error(analytic, numeric) -> float:
+    """max |a - n| / max(|a|, |n|) over the tensor (0 when both are all zero)."""
+    analytic, numeric = backend.to_numpy(analytic).ravel(), backend.to_numpy(numeric).ravel()
+    scale = max(numpy.abs(analytic).max(initial=0.0), numpy.abs(numeric).max(initial=0.0))
+    return 0.0 if scale == 0.0 else float(numpy.abs(analytic - numeric).max() / scale)
+
+
+def numerical_gradient(f, array, indices, step=STEP):
+    """Central differences of the scalar function ``f()`` with respect to ``array.flat[indices]``.
+
+    ``array`` is perturbed in place (and restored), so it must be the very array ``f`` reads.
+    """
+    if not array.flags.c_contiguous:
+        raise ValueError("numerical_gradient needs a C-contiguous array, to perturb it in place")
+    flat = array.reshape(-1)
+    numeric = numpy.empty(len(indices))
+    for k, i in enumerate(indices):
+        original = flat[i].copy()
+        flat[i] = original + step
+        plus = f()
+        flat[i] = original - step
+        minus = f()
+        flat[i] = original
+        numeric[k] = (plus - minus) / (2.0 * step)
+    return numeric
+
+
+def _indices(size, samples, seed):
+    """Every index, or ``samples`` of them drawn without replacement."""
+    if samples is None or samples >= size:
+        return numpy.arange(size)
+    return numpy.sort(numpy.random.default_rng(seed).choice(size, samples, replace=False))
+
+
+def _compare(f, tensors, analytic, samples, seed):
+    """{name: relative error} for each (name, array) in ``tensors`` against ``analytic[name]``."""
+    errors = {}
+    for k, (name, array) in enumerate(tensors):
+        indices = _indices(int(array.size), samples, seed + k)
+        numeric = numerical_gradient(f, array, indices)
+        errors[name] = relative_error(backend.to_numpy(analytic[name]).ravel()[indices], numeric)
+    return errors
+
+
+def check_layer(layer, x, seed=0, samples=None):
+    """Check ``layer``'s backward pass at input ``x``: {'x': error, param name: error, ...}.
+
+    ``samples`` checks that many random elements per tensor instead of all of them.
+    """
+    rng_state = backend.get_rng().get_state()
+
+    def forward():
+        backend.get_rng().set_state(rng_state)
+        return layer.forward(x, training=True)
+
+    y = forward()
+    upstream = backend.to_device(numpy.random.default_rng(seed).standard_normal(y.shape), dtype=y.dtype)
+    analytic = {"x": layer.backward(upstream).copy()}
+    analytic.update({name: grad.copy() for name, grad in layer.grads.items()})
+
+    def objective():
+        return float((forward() * upstream).sum())
+
+    return _compare(objective, [("x", x)] + list(layer.params.items()), analytic, samples, seed)
+
+
+def check_loss(loss, logits, targets, seed=0):
+    """Check a loss's backward (d mean loss / d logits): {'logits': error}."""
+    loss.forward(logits, targets)
+    analytic = {"logits": loss.backward().copy()}
+    return _compare(lambda: float(loss.forward(logits, targets)), [("logits", logits)], analytic, None, seed)
+
+
+def check_model(model, x, y, seed=0, samples=20):
+    """Check a compiled model end to end (layers + loss) on one batch: {'input' | 'layer/param': error}.
+
+    Every tensor is checked at ``samples`` random elements (all of them would mean two forward
+    passes per weight).
+    """
+    rng_state = backend.get_rng().get_state()
+
+    def loss_value():
+        backend.get_rng().set_state(rng_state)
+        return float(model._forward_loss(x, y)[0])
+
+    loss_value()
+    analytic = {"input": model._backward().copy()}
+    tensors = [("input", x)]
+    for layer in model.layers:
+        for key, param in layer.params.items():
+            analytic[f"{layer.name}/{key}"] = layer.grads[key].copy()
+            tensors.append((f"{layer.name}/{key}", param))
+    return _compare(loss_value, tensors, analytic, samples, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+def layer_cases():
+    """(description, layer, input shape): every layer at odd sizes, both paddings, strides 1 and 2."""
+    f64 = {"dtype": "float64"}
+    return [
+        ("Conv2D 3x3 valid relu, 2x7x9x3 -> 5", Conv2D(5, 3, activation="relu", **f64), (2, 7, 9, 3)),
+        ("Conv2D 3x3 same stride 2, 1x8x7x2 -> 3", Conv2D(3, 3, strides=2, padding="same", **f64), (1, 8, 7, 2)),
+        ("Conv2D 2x3 valid stride 2, 2x7x8x3 -> 4", Conv2D(4, (2, 3), strides=2, **f64), (2, 7, 8, 3)),
+        ("MaxPool2D 2x2, 2x7x7x3 (odd)", MaxPool2D(2), (2, 7, 7, 3)),
+        ("MaxPool2D 3x3 stride 2 same, 1x7x6x2", MaxPool2D(3, strides=2, padding="same"), (1, 7, 6, 2)),
+        ("LRN r=2 alpha=2e-5 (tutorial), 2x3x4x7", LocalResponseNorm(2, 1.0, 2e-5, 0.75), (2, 3, 4, 7)),
+        ("LRN r=2 alpha=0.1 beta=0.75, 2x3x4x7", LocalResponseNorm(2, 1.0, 0.1, 0.75), (2, 3, 4, 7)),
+        ("LRN r=1 bias=2 alpha=0.5 beta=0.6, 1x2x3x5", LocalResponseNorm(1, 2.0, 0.5, 0.6), (1, 2, 3, 5)),
+        ("Dropout 0.5 (mask held), 3x11", Dropout(0.5), (3, 11)),
+        ("Dense 13 -> 7 relu", Dense(7, activation="relu", **f64), (3, 13)),
+        ("Dense 6 -> 5 softmax", Dense(5, activation="softmax", **f64), (4, 6)),
+        ("ReLU, 3x5x2", ReLU(), (3, 5, 2)),
+        ("Softmax, 4x6", Softmax(), (4, 6)),
+        ("Flatten, 2x3x4x5", Flatten(), (2, 3, 4, 5)),
+    ]
+
+
+def run_checks(seed=0):
+    """Yield (case, tensor, error) for every layer case, the fused loss and the whole network."""
+    from .models import alexnet_mnist
+
+    for k, (description, layer, shape) in enumerate(layer_cases()):
+        for tensor, error in check_layer(layer, tie_free(shape, seed + k), seed=seed + k).items():
+            yield description, tensor, error
+
+    rng = numpy.random.default_rng(seed)
+    logits = backend.to_device(rng.standard_normal((5, 7)) * 3.0, dtype="float64")
+    targets = backend.to_device(numpy.eye(7)[rng.integers(0, 7, 5)], dtype="float64")
+    for tensor, error in check_loss(SoftmaxCrossEntropy(), logits, targets, seed=seed).items():
+        yield "SoftmaxCrossEntropy (fused), 5x7", tensor, error
+
+    backend.set_seed(seed)
+    model = alexnet_mnist(dtype="float64")
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    x = tie_free((2, 32, 32, 1), seed, low=0.0, high=1.0)
+    y = backend.to_device(numpy.eye(10)[[3, 8]], dtype="float64")
+    for tensor, error in check_model(model, x, y, seed=seed, samples=20).items():
+        yield "alexnet_mnist end to end, batch 2 (20 elements/tensor)", tensor, error
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minialex.gradcheck", description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        backend.set_backend(args.backend)
+    except backend.BackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Gradient check in float64 on {backend.describe_device()}; pass: max relative error <= {TOLERANCE:g}")
+    header = f"{'layer':<56} {'tensor':<22} {'max rel error':>13}  result"
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for description, tensor, error in run_checks(args.seed):
+        passed = error <= TOLERANCE
+        failures += not passed
+        print(f"{description:<56} {tensor:<22} {error:>13.2e}  {'PASS' if passed else 'FAIL'}", flush=True)
+    print(f"{'all passed' if not failures else f'{failures} FAILED'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

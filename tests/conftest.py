@@ -1,0 +1,44 @@
+"""One suite over both backends.
+
+Tests that take the ``xp_backend`` fixture run once per backend: NumPy always, CuPy where it
+imports and a GPU answers (a clean skip elsewhere). ``pytest --backend cupy`` runs only the CuPy
+leg (and fails loudly if CuPy cannot run), ``--backend numpy`` only the NumPy one.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+from minialex import backend
+
+MNIST_DIR = Path(os.environ.get("MINIALEX_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "mnist"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", default="all", choices=["all", "numpy", "cupy"],
+                     help="which array backend the backend-parametrised tests run on")
+
+
+def pytest_generate_tests(metafunc):
+    if "xp_backend" in metafunc.fixturenames:
+        choice = metafunc.config.getoption("--backend")
+        names = ["numpy", "cupy"] if choice == "all" else [choice]
+        metafunc.parametrize("xp_backend", names, indirect=True)
+
+
+@pytest.fixture
+def xp_backend(request):
+    """Make the parametrised backend active for the test; yields its name."""
+    name = request.param
+    if name == "cupy" and request.config.getoption("--backend") != "cupy" and not backend.cupy_available():
+        pytest.skip("CuPy or a CUDA device is not available")
+    with backend.set_backend(name):
+        backend.set_seed(1234)
+        yield name
+
+
+@pytest.fixture
+def mnist_dir():
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST files not found in {MNIST_DIR} (set MINIALEX_DATA_DIR)")
+    return MNIST_DIR
