@@ -130,7 +130,7 @@ def check_model(model, x, y, seed=0, samples=20):
         return float(model._forward_loss(x, y)[0])
 
     loss_value()
-    analytic = {"input": model._backward().copy()}
+    analytic = {"input": model._backward(input_grad=True).copy()}
     tensors = [("input", x)]
     for layer in model.layers:
         for key, param in layer.params.items():

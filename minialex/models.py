@@ -178,8 +178,12 @@ class Sequential:
         correct = (out.argmax(axis=1) == y.argmax(axis=1)).sum(dtype=xp.int64)
         return loss, correct
 
-    def _backward(self):
-        """Backward through the loss and every layer: fills each layer's grads, returns d loss / d input."""
+    def _backward(self, input_grad=False):
+        """Backward through the loss and every layer: fills each layer's grads.
+
+        Returns d loss / d input when ``input_grad`` is True; training skips it (None).
+        """
+        self.layers[0].needs_input_grad = input_grad
         dout = self.loss.backward()
         skip_softmax = self._fused_softmax and isinstance(self.layers[-1], Softmax)
         for layer in reversed(self.layers[:-1] if skip_softmax else self.layers):

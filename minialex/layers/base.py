@@ -9,7 +9,9 @@ The contract (tests, the gradient checker and Sequential rely on it):
   Sequential may pack them into one flat buffer behind the layer's back;
 - layers with parameters take ``dtype=`` (default 'float32'; the gradient checks use 'float64') and
   create them from ``input_shape=`` or on the first forward, on the active backend;
-- a layer runs on whatever backend its input lives on: it takes ``xp`` from its arrays.
+- a layer runs on whatever backend its input lives on: it takes ``xp`` from its arrays;
+- ``needs_input_grad``: Sequential sets it False on its first layer, whose dx nobody uses; layers
+  for which dx costs a matrix product (Conv2D, Dense) then skip it and return None.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from .. import backend
 class Layer:
     #: number of axes the input must have, batch axis included (None: any number)
     input_ndim: int | None = None
+    needs_input_grad = True
 
     def __init__(self, input_shape=None, dtype="float32", name=None):
         self.dtype = dtype

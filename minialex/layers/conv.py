@@ -14,7 +14,10 @@ Backward, with dz the gradient after the activation:
     dx = col2im(dcols), then the padding cropped off.
 col2im is the adjoint of im2col, not its inverse: every input pixel that im2col copied into several
 rows gets the *sum* of those rows' gradients. It is done tap by tap: for each of the KH*KW kernel
-positions (i, j), one strided slice-add.
+positions (i, j), one strided slice-add. ``backward`` computes the same sum without building dcols:
+tap (i, j)'s columns of dcols are dz @ kernel[i, j]^T, a contiguous (N, OH, OW, C) block, so it takes
+nine small products and nine contiguous slice-adds (``col2im`` stays as the reference it is tested against).
+The first layer of a model needs no dx at all (``needs_input_grad = False``).
 
 Output sizes are Keras's: 'valid' floor((H - KH) / SH) + 1, 'same' ceil(H / SH), with the 'same'
 zeros split as TensorFlow does (the odd one at the bottom/right).
@@ -45,6 +48,19 @@ def col2im(dcols, padded_shape, kernel_size, strides, out_size):
     for i in range(kh):
         for j in range(kw):
             dxpad[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += dcols[:, :, :, i, j, :]
+    return dxpad
+
+
+def col2im_by_taps(dz, kernel, padded_shape, strides, out_size):
+    """col2im(dz @ K^T) computed tap by tap: each (i, j) adds dz @ kernel[i, j]^T where it read from."""
+    xp = backend.get_array_module(dz)
+    kh, kw, c, _ = kernel.shape
+    (sh, sw), (oh, ow) = strides, out_size
+    n = padded_shape[0]
+    dxpad = xp.zeros(padded_shape, dtype=dz.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxpad[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += (dz @ kernel[i, j].T).reshape(n, oh, ow, c)
     return dxpad
 
 
@@ -107,8 +123,9 @@ class Conv2D(WithActivation):
         self.grads["kernel"][...] = (self._cols.T @ dz).reshape(kernel.shape)
         if self.use_bias:
             self.grads["bias"][...] = dz.sum(axis=0)
-        dcols = dz @ kernel.reshape(-1, f).T
-        dxpad = col2im(dcols, self._padded_shape, self.kernel_size, self.strides, (oh, ow))
+        if not self.needs_input_grad:
+            return None
+        dxpad = col2im_by_taps(dz, kernel, self._padded_shape, self.strides, (oh, ow))
         (top, _), (left, _) = self._pads()
         h, w, _ = self.input_shape
         return dxpad[:, top:top + h, left:left + w, :]

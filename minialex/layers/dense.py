@@ -44,4 +44,4 @@ class Dense(WithActivation):
         self.grads["kernel"][...] = self._x.T @ dz
         if self.use_bias:
             self.grads["bias"][...] = dz.sum(axis=0)
-        return dz @ self.params["kernel"].T
+        return dz @ self.params["kernel"].T if self.needs_input_grad else None

@@ -10,7 +10,8 @@ Forward and backward loop over the PH*PW taps (4 for 2x2), never over pixels: ea
 one strided view ``xpad[:, i::SH, j::SW, :]`` of shape (N, OH, OW, C).
 Backward routes each dout to the single input that won its window: a tap wins where it equals y and
 no earlier tap (in row-major order: top-left first) has won. So ties go to the first maximum, as
-argmax would choose, and the gradient is never duplicated. Overlapping windows (stride < pool) add up.
+argmax would choose, and the gradient is never duplicated. Disjoint windows (stride >= pool, the
+usual case) write their taps straight into dx; overlapping ones (stride < pool) add up.
 """
 from __future__ import annotations
 
@@ -66,13 +67,19 @@ class MaxPool2D(Layer):
     def backward(self, dout):
         xp = backend.get_array_module(dout)
         xpad, y = self._xpad, self._y
+        (ph, pw), (sh, sw) = self.pool_size, self.strides
+        overlapping = sh < ph or sw < pw
         dxpad = xp.zeros(xpad.shape, dtype=dout.dtype)
         taken = xp.zeros(y.shape, dtype=bool)
         for (i, j), tap in self._taps(xpad, y.shape[1:3]):
-            winner = (tap == y) & ~taken
+            winner = tap == y
+            xp.greater(winner, taken, out=winner)          # winner and not yet taken
             taken |= winner
-            sh, sw = self.strides
-            dxpad[:, i:i + sh * y.shape[1]:sh, j:j + sw * y.shape[2]:sw, :] += dout * winner
+            target = dxpad[:, i:i + sh * y.shape[1]:sh, j:j + sw * y.shape[2]:sw, :]
+            if overlapping:
+                target += dout * winner
+            else:                                          # disjoint windows: write, no add
+                xp.multiply(dout, winner, out=target)
         top, left = self._corner
         _, h, w, _ = self._x_shape
         return dxpad[:, top:top + h, left:left + w, :]

@@ -1,0 +1,30 @@
+"""Each fast path against the plain version it replaces, in float32, on each backend."""
+import numpy as np
+import pytest
+
+from minialex import backend
+from minialex.layers.conv import col2im, col2im_by_taps
+from minialex.layers.lrn import inverse_power
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.5, 1.0, 0.6])
+def test_inverse_power_equals_the_plain_power(xp_backend, beta):
+    den = backend.to_device(np.random.default_rng(0).uniform(1.0, 50.0, (64, 5, 5, 32)), dtype="float32")
+    plain = backend.to_numpy(den ** -beta)
+    fast = backend.to_numpy(inverse_power(den, beta))
+    assert fast.dtype == np.float32
+    np.testing.assert_allclose(fast, plain, rtol=3e-7)
+
+
+@pytest.mark.parametrize("n,h,w,c,f,kernel,strides", [
+    (64, 17, 17, 32, 64, (3, 3), (1, 1)), (2, 9, 9, 128, 128, (3, 3), (1, 1)),
+    (3, 9, 8, 5, 7, (3, 3), (2, 2)), (1, 6, 7, 4, 3, (2, 3), (1, 2)),
+])
+def test_col2im_by_taps_equals_col2im_of_dcols(xp_backend, n, h, w, c, f, kernel, strides):
+    rng = np.random.default_rng(1)
+    oh, ow = (h - kernel[0]) // strides[0] + 1, (w - kernel[1]) // strides[1] + 1
+    dz = backend.to_device(rng.standard_normal((n * oh * ow, f)), dtype="float32")
+    k = backend.to_device(rng.standard_normal(kernel + (c, f)), dtype="float32")
+    plain = col2im(dz @ k.reshape(-1, f).T, (n, h, w, c), kernel, strides, (oh, ow))
+    fast = col2im_by_taps(dz, k, (n, h, w, c), strides, (oh, ow))
+    np.testing.assert_allclose(backend.to_numpy(fast), backend.to_numpy(plain), rtol=1e-4, atol=1e-4)
