@@ -76,16 +76,30 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self._scratch = {}
         super().__init__(learning_rate)
 
     def update(self, index, param, grad):
         xp = backend.get_array_module(param)
         m, v = self.slots["m"][index], self.slots["v"][index]
         t = self.iterations
-        m += (1.0 - self.beta_1) * (grad - m)
-        v += (1.0 - self.beta_2) * (grad * grad - v)
         alpha = self.learning_rate * (1.0 - self.beta_2 ** t) ** 0.5 / (1.0 - self.beta_1 ** t)
-        param -= alpha * m / (xp.sqrt(v) + self.epsilon)
+        # The formulas above, written in place through one scratch array (no temporaries).
+        if index not in self._scratch or self._scratch[index].shape != param.shape:
+            self._scratch[index] = xp.empty_like(param)
+        scratch = self._scratch[index]
+        xp.subtract(grad, m, out=scratch)
+        scratch *= 1.0 - self.beta_1
+        m += scratch                                   # m += (1 - beta_1) * (g - m)
+        xp.multiply(grad, grad, out=scratch)
+        scratch -= v
+        scratch *= 1.0 - self.beta_2
+        v += scratch                                   # v += (1 - beta_2) * (g^2 - v)
+        xp.sqrt(v, out=scratch)
+        scratch += self.epsilon
+        xp.divide(m, scratch, out=scratch)
+        scratch *= alpha
+        param -= scratch                               # p -= alpha_t * m / (sqrt(v) + epsilon)
 
 
 OPTIMIZERS = {"adam": Adam, "sgd": SGD}

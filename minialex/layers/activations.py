@@ -15,10 +15,11 @@ from .base import Layer
 
 
 class ReLU(Layer):
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, inplace=False):
+        """``inplace=True`` overwrites x (Dense and Conv2D pass it for the product they just made)."""
         x = self._prepare(x)
         xp = backend.get_array_module(x)
-        y = xp.maximum(x, 0)
+        y = xp.maximum(x, 0, out=x if inplace else None)
         self._y = y
         return y
 
@@ -27,11 +28,13 @@ class ReLU(Layer):
 
 
 class Softmax(Layer):
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, inplace=False):
+        """``inplace=True`` overwrites x with the result."""
         x = self._prepare(x)
         xp = backend.get_array_module(x)
-        e = xp.exp(x - x.max(axis=-1, keepdims=True))
-        y = e / e.sum(axis=-1, keepdims=True)
+        e = xp.subtract(x, x.max(axis=-1, keepdims=True), out=x if inplace else None)
+        xp.exp(e, out=e)
+        y = xp.divide(e, e.sum(axis=-1, keepdims=True), out=e)
         self._y = y
         return y
 
@@ -66,8 +69,9 @@ class WithActivation(Layer):
         super().__init__(**kwargs)
 
     def _activate(self, z, training, logits):
+        """Apply the activation to the layer's own fresh product z, in place."""
         self._activated = self.activation is not None and not logits
-        return self.activation.forward(z, training) if self._activated else z
+        return self.activation.forward(z, training, inplace=True) if self._activated else z
 
     def _activation_backward(self, dout):
         return self.activation.backward(dout) if self._activated else dout

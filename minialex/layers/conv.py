@@ -7,11 +7,13 @@ Keras's (and TensorFlow's) convolution is a cross-correlation:
     z[n, oh, ow, f] = bias[f] + sum_{i, j, c} xpad[n, oh*SH + i, ow*SW + j, c] * kernel[i, j, c, f]
 im2col lays each output pixel's receptive field out as one row, in (i, j, c) order:
     cols[(n, oh, ow), (i, j, c)] = xpad[n, oh*SH + i, ow*SW + j, c]        (N*OH*OW, KH*KW*C)
-so the whole layer is one matrix product with the kernel seen as a (KH*KW*C, F) matrix:
+so the whole layer is one matrix product with the kernel seen as a (KH*KW*C, F) matrix K:
     z = cols @ K + bias                                                      (N*OH*OW, F) = (N, OH, OW, F)
+The bias is the weight of an input that is always 1, so cols gets one more column of ones and K
+one more row, the bias: W = [K; bias] and z = [cols, 1] @ W, one product for both.
 Backward, with dz the gradient after the activation:
-    d kernel = cols^T @ dz      d bias = sum over (n, oh, ow) of dz      dcols = dz @ K^T
-    dx = col2im(dcols), then the padding cropped off.
+    d W = [cols, 1]^T @ dz, i.e. d kernel = cols^T @ dz and d bias = sum over (n, oh, ow) of dz
+    dcols = dz @ K^T,    dx = col2im(dcols), then the padding cropped off.
 col2im is the adjoint of im2col, not its inverse: every input pixel that im2col copied into several
 rows gets the *sum* of those rows' gradients. It is done tap by tap: for each of the KH*KW kernel
 positions (i, j), one strided slice-add. ``backward`` computes the same sum without building dcols:
@@ -29,13 +31,32 @@ from .activations import WithActivation
 from .base import check_padding, glorot_uniform, normalize_pair, output_length, same_padding
 
 
-def im2col(xpad, kernel_size, strides, out_size):
-    """(N, Hp, Wp, C) -> cols (N*OH*OW, KH*KW*C): a strided view of every window, copied once."""
+def im2col(xpad, kernel_size, strides, out_size, ones_column=False):
+    """(N, Hp, Wp, C) -> cols (N*OH*OW, KH*KW*C), plus a last column of ones if ``ones_column``.
+
+    Each window is a strided view of xpad; one copy lays them out as rows. With a single input
+    channel a row would be KH*KW scattered scalars, so cols^T is filled instead, one tap (a whole
+    shifted image) at a time, and returned transposed: the same matrix, copied in long runs.
+    """
+    xp = backend.get_array_module(xpad)
     (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_size
     n, _, _, c = xpad.shape
+    rows, width = n * oh * ow, kh * kw * c
+    if c == 1:
+        cols_t = xp.empty((width + ones_column, n, oh, ow), dtype=xpad.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                cols_t[i * kw + j] = xpad[:, i:i + sh * oh:sh, j:j + sw * ow:sw, 0]
+        if ones_column:
+            cols_t[width] = 1
+        return cols_t.reshape(width + ones_column, rows).T
     s_n, s_h, s_w, s_c = xpad.strides
     windows = backend.as_strided(xpad, (n, oh, ow, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
-    return windows.reshape(n * oh * ow, kh * kw * c)
+    cols = xp.empty((rows, width + ones_column), dtype=xpad.dtype)
+    cols[:, :width].reshape(n, oh, ow, kh, kw, c)[...] = windows   # a view: the copy lands in cols
+    if ones_column:
+        cols[:, width] = 1
+    return cols
 
 
 def col2im(dcols, padded_shape, kernel_size, strides, out_size):
@@ -102,6 +123,12 @@ class Conv2D(WithActivation):
         return (same_padding(h, self.kernel_size[0], self.strides[0]),
                 same_padding(w, self.kernel_size[1], self.strides[1]))
 
+    def _weights(self):
+        """The kernel as a (KH*KW*C, F) matrix, with the bias as one more row when there is one."""
+        xp = backend.get_array_module(self.params["kernel"])
+        kernel = self.params["kernel"].reshape(-1, self.filters)
+        return xp.concatenate([kernel, self.params["bias"][None]]) if self.use_bias else kernel
+
     def forward(self, x, training=False, logits=False):
         x = self._prepare(x)
         xp = backend.get_array_module(x)
@@ -109,10 +136,8 @@ class Conv2D(WithActivation):
         oh, ow, f = self.output_shape
         pad_h, pad_w = self._pads()
         xpad = xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))) if self.padding == "same" else x
-        cols = im2col(xpad, self.kernel_size, self.strides, (oh, ow))
-        z = cols @ self.params["kernel"].reshape(-1, f)
-        if self.use_bias:
-            z += self.params["bias"]
+        cols = im2col(xpad, self.kernel_size, self.strides, (oh, ow), ones_column=self.use_bias)
+        z = cols @ self._weights()
         self._cols, self._padded_shape = cols, xpad.shape
         return self._activate(z.reshape(n, oh, ow, f), training, logits)
 
@@ -120,9 +145,10 @@ class Conv2D(WithActivation):
         oh, ow, f = self.output_shape
         dz = self._activation_backward(dout).reshape(-1, f)
         kernel = self.params["kernel"]
-        self.grads["kernel"][...] = (self._cols.T @ dz).reshape(kernel.shape)
+        dweights = self._cols.T @ dz
+        self.grads["kernel"][...] = dweights[:kernel.size // f].reshape(kernel.shape)
         if self.use_bias:
-            self.grads["bias"][...] = dz.sum(axis=0)
+            self.grads["bias"][...] = dweights[-1]
         if not self.needs_input_grad:
             return None
         dxpad = col2im_by_taps(dz, kernel, self._padded_shape, self.strides, (oh, ow))

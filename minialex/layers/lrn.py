@@ -7,7 +7,7 @@ The window is 2r + 1 channels, clipped at the edges. Written with a banded C x C
 B[k, d] = 1 if |k - d| <= r, the window sum is one matrix product over the channel axis:
 sqr_sum = (x * x) @ B. With den = bias + alpha * sqr_sum and B symmetric, the exact backward is
 
-    dx = dout * den^-beta  -  2 * alpha * beta * x * ((dout * y / den) @ B)
+    dx = dout / den^beta  -  2 * alpha * beta * x * ((dout * y / den) @ B)
 
 (the second term: every output d whose window holds channel k sends its share back to x_k).
 
@@ -45,21 +45,19 @@ def band_matrix(channels, depth_radius, dtype, xp):
     return (xp.abs(index[:, None] - index[None, :]) <= depth_radius).astype(dtype)
 
 
-def inverse_power(den, beta):
-    """den ** -beta. The general power is slow (~10 ns an element on a CPU), so the common exponents
-    take square roots instead: den^-0.75 = 1 / sqrt(den * sqrt(den)), den^-0.5 = 1 / sqrt(den)."""
+def power(den, beta):
+    """den ** beta. The general power is slow (~10 ns an element on a CPU), so the common exponents
+    take square roots instead: den^0.75 = sqrt(den * sqrt(den)), den^0.5 = sqrt(den)."""
     xp = backend.get_array_module(den)
     if beta == 0.75:
         root = xp.sqrt(den)
         root *= den
-        xp.sqrt(root, out=root)
-        return xp.reciprocal(root, out=root)
+        return xp.sqrt(root, out=root)
     if beta == 0.5:
-        root = xp.sqrt(den)
-        return xp.reciprocal(root, out=root)
+        return xp.sqrt(den)
     if beta == 1.0:
-        return xp.reciprocal(den)
-    return den ** -beta
+        return den.copy()
+    return den ** beta
 
 
 class LocalResponseNorm(Layer):
@@ -72,30 +70,30 @@ class LocalResponseNorm(Layer):
         self._bands = {}
         super().__init__(input_shape=input_shape, name=name)
 
-    def _band(self, x):
-        xp = backend.get_array_module(x)
-        key = (x.shape[-1], x.dtype.str, xp.__name__)
+    def _window_sum(self, values, weight):
+        """weight * (sum over each channel's window): one (pixels, C) @ (C, C) product with weight * B."""
+        xp = backend.get_array_module(values)
+        channels = values.shape[-1]
+        key = (channels, values.dtype.str, xp.__name__, weight)
         if key not in self._bands:
-            self._bands[key] = band_matrix(x.shape[-1], self.depth_radius, x.dtype, xp)
-        return self._bands[key]
+            self._bands[key] = band_matrix(channels, self.depth_radius, values.dtype, xp) * weight
+        return (values.reshape(-1, channels) @ self._bands[key]).reshape(values.shape)
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        den = (x * x) @ self._band(x)          # sqr_sum, then in place: bias + alpha * sqr_sum
-        den *= self.alpha
+        den = self._window_sum(x * x, self.alpha)     # alpha * sqr_sum, then + bias in place
         den += self.bias
-        scale = inverse_power(den, self.beta)
-        y = x * scale
-        self._x, self._y, self._den, self._scale = x, y, den, scale
+        den_beta = power(den, self.beta)
+        y = x / den_beta
+        self._x, self._y, self._den, self._den_beta = x, y, den, den_beta
         return y
 
     def backward(self, dout):
-        x, y, den, scale = self._x, self._y, self._den, self._scale
+        x, y, den, den_beta = self._x, self._y, self._den, self._den_beta
         ratio = dout * y
         ratio /= den
-        window_sum = ratio @ self._band(dout)   # sum over the outputs whose window holds each channel
+        window_sum = self._window_sum(ratio, 2.0 * self.alpha * self.beta)   # outputs whose window holds k
         window_sum *= x
-        window_sum *= 2.0 * self.alpha * self.beta
-        dx = dout * scale
+        dx = dout / den_beta
         dx -= window_sum
         return dx

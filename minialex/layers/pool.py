@@ -6,12 +6,15 @@ Sizes follow Keras: 'valid' floor((H - PH) / SH) + 1 (so 15 -> 7 for 2x2 pools, 
 row and column are never read), 'same' ceil(H / SH) with -inf padding (never 0: a zero would beat
 all-negative windows).
 
-Forward and backward loop over the PH*PW taps (4 for 2x2), never over pixels: each tap (i, j) is
-one strided view ``xpad[:, i::SH, j::SW, :]`` of shape (N, OH, OW, C).
-Backward routes each dout to the single input that won its window: a tap wins where it equals y and
-no earlier tap (in row-major order: top-left first) has won. So ties go to the first maximum, as
-argmax would choose, and the gradient is never duplicated. Disjoint windows (stride >= pool, the
-usual case) write their taps straight into dx; overlapping ones (stride < pool) add up.
+The maximum is taken in two passes, each a loop over a window's taps (2 for a 2x2 pool), never over
+pixels: first down the window's columns, ``cols[n, oh, w, c] = max_i xpad[n, oh*SH + i, w, c]``, then
+across them, ``y = max_j cols[n, oh, ow*SW + j, c]``. Each tap is one strided view of the array, and
+the first pass reads whole rows (W*C contiguous values), which is what makes it cheap.
+
+Backward retraces the two passes: each dout goes to the first column (from the left) whose maximum
+won, then within that column to the first row (from the top) holding it. So a window with ties
+sends its whole gradient to ONE input: the leftmost column's topmost maximum. Overlapping windows
+(stride < pool) add up.
 """
 from __future__ import annotations
 
@@ -37,13 +40,6 @@ class MaxPool2D(Layer):
                              f"{self.pool_size[0]}x{self.pool_size[1]}")
         return out + (c,)
 
-    def _taps(self, xpad, out_size):
-        """Yield ((i, j), the strided view of tap (i, j)): every window's element at (i, j)."""
-        (ph, pw), (sh, sw), (oh, ow) = self.pool_size, self.strides, out_size
-        for i in range(ph):
-            for j in range(pw):
-                yield (i, j), xpad[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :]
-
     def _pad(self, x):
         if self.padding == "valid":
             return x, (0, 0)
@@ -55,31 +51,55 @@ class MaxPool2D(Layer):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        xp = backend.get_array_module(x)
-        out_size = self.compute_output_shape(x.shape[1:])[:2]
+        oh, ow, _ = self.compute_output_shape(x.shape[1:])
+        (ph, pw), (sh, sw) = self.pool_size, self.strides
         xpad, corner = self._pad(x)
-        y = None
-        for _, tap in self._taps(xpad, out_size):
-            y = tap.copy() if y is None else xp.maximum(y, tap, out=y)
-        self._x_shape, self._xpad, self._y, self._corner = x.shape, xpad, y, corner
+        cols = max_over_taps(xpad, axis=1, size=ph, stride=sh, length=oh)   # (N, OH, Wp, C)
+        y = max_over_taps(cols, axis=2, size=pw, stride=sw, length=ow)      # (N, OH, OW, C)
+        self._x_shape, self._xpad, self._cols, self._y, self._corner = x.shape, xpad, cols, y, corner
         return y
 
     def backward(self, dout):
-        xp = backend.get_array_module(dout)
-        xpad, y = self._xpad, self._y
         (ph, pw), (sh, sw) = self.pool_size, self.strides
-        overlapping = sh < ph or sw < pw
-        dxpad = xp.zeros(xpad.shape, dtype=dout.dtype)
-        taken = xp.zeros(y.shape, dtype=bool)
-        for (i, j), tap in self._taps(xpad, y.shape[1:3]):
-            winner = tap == y
-            xp.greater(winner, taken, out=winner)          # winner and not yet taken
-            taken |= winner
-            target = dxpad[:, i:i + sh * y.shape[1]:sh, j:j + sw * y.shape[2]:sw, :]
-            if overlapping:
-                target += dout * winner
-            else:                                          # disjoint windows: write, no add
-                xp.multiply(dout, winner, out=target)
+        oh, ow = self._y.shape[1:3]
+        dcols = route_to_first_max(dout, self._cols, self._y, axis=2, size=pw, stride=sw, length=ow)
+        dxpad = route_to_first_max(dcols, self._xpad, self._cols, axis=1, size=ph, stride=sh, length=oh)
         top, left = self._corner
         _, h, w, _ = self._x_shape
         return dxpad[:, top:top + h, left:left + w, :]
+
+
+def taps(ndim, axis, size, stride, length):
+    """Index tuples of the ``size`` strided views a[..., k : k + stride*(length-1) + 1 : stride, ...]."""
+    for k in range(size):
+        index = [slice(None)] * ndim
+        index[axis] = slice(k, k + stride * (length - 1) + 1, stride)
+        yield tuple(index)
+
+
+def max_over_taps(a, axis, size, stride, length):
+    """out[..., l, ...] = max_k a[..., l*stride + k, ...] along ``axis``."""
+    xp = backend.get_array_module(a)
+    out = None
+    for index in taps(a.ndim, axis, size, stride, length):
+        out = a[index].copy() if out is None else xp.maximum(out, a[index], out=out)
+    return out
+
+
+def route_to_first_max(dout, source, result, axis, size, stride, length):
+    """The backward of ``max_over_taps``: each dout goes to the first tap k where source equals result.
+
+    ``remaining`` is the gradient not yet routed: a tap that holds the maximum takes all of it, so
+    later ties get nothing, and the last tap takes whatever is left (some tap must hold the maximum).
+    ``+=`` because overlapping windows (stride < size) share inputs.
+    """
+    xp = backend.get_array_module(dout)
+    dsource = xp.zeros(source.shape, dtype=dout.dtype)
+    indices = list(taps(source.ndim, axis, size, stride, length))
+    remaining = dout
+    for index in indices[:-1]:
+        share = remaining * (source[index] == result)
+        dsource[index] += share
+        remaining = remaining - share
+    dsource[indices[-1]] += remaining
+    return dsource

@@ -1,0 +1,120 @@
+"""What the benchmarks share: the tutorial network's layers at their real shapes, FLOP counts,
+NumPy's own GEMM rate, threads, and a timer that alternates the things it compares.
+
+Timing rules (shared/design/BENCHMARKING.md): warm up first, take medians, compare A and B by
+alternating them in one process, and say how loaded the machine was.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy
+
+from minialex import backend
+from minialex.models import alexnet_mnist
+
+BATCH = 64
+GEMM_SHAPE = (3136, 1152, 128)   # conv2d_3's forward product, the network's largest
+
+
+def set_threads(threads):
+    """Limit BLAS (and OpenMP) threads in this process; returns what the BLAS now uses."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        return None
+    if threads:
+        threadpool_limits(threads)
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return counts[0] if counts else None
+
+
+def machine_load():
+    """The 1-minute load average (other work on the machine ruins two-thread timings)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def tutorial_model(seed=0):
+    backend.set_seed(seed)
+    model = alexnet_mnist()
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def tutorial_batch(batch=BATCH, seed=0):
+    """A batch shaped like preprocessed MNIST: x (batch, 32, 32, 1) in [0, 1], one-hot y, on the device."""
+    rng = numpy.random.default_rng(seed)
+    x = rng.random((batch, 32, 32, 1), dtype=numpy.float32)
+    y = numpy.eye(10, dtype=numpy.float32)[rng.integers(0, 10, batch)]
+    return backend.to_device(x), backend.to_device(y)
+
+
+def layer_inputs(model, x):
+    """[(layer, its input during a forward pass of x)] for every layer of the model."""
+    pairs = []
+    for layer in model.layers:
+        pairs.append((layer, x))
+        x = layer.forward(x, training=True)
+    return pairs
+
+
+def layer_flops(layer, batch, backward=True, input_grad=True):
+    """Multiply-adds x 2 of a Conv2D's or Dense's matrix products (others: 0)."""
+    if not layer.params:
+        return 0
+    kernel = layer.params["kernel"]
+    rows = batch * (layer.output_shape[0] * layer.output_shape[1] if kernel.ndim == 4 else 1)
+    one = 2 * rows * int(numpy.prod(kernel.shape))
+    return one * (1 + (1 + input_grad if backward else 0))
+
+
+def step_flops(model, batch=BATCH):
+    """FLOPs of one training step: forward, then backward (no input gradient for the first layer)."""
+    return sum(layer_flops(layer, batch, input_grad=i > 0) for i, layer in enumerate(model.layers))
+
+
+def forward_flops(model, batch=BATCH):
+    return sum(layer_flops(layer, batch, backward=False) for layer in model.layers)
+
+
+def timed(function, repeat):
+    """Run ``function`` ``repeat`` times; per-call seconds, the device synchronised around each."""
+    times = []
+    for _ in range(repeat):
+        backend.synchronize()
+        start = time.perf_counter()
+        function()
+        backend.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def alternate(functions, rounds, warmup=3):
+    """Time several functions A, B, ... in turns (A B A B ...): {name: [seconds per round]}."""
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    results = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            results[name].extend(timed(function, 1))
+    return results
+
+
+def median_ms(times):
+    return 1000.0 * statistics.median(times)
+
+
+def gemm_rate(repeat=20):
+    """NumPy's float32 matrix-multiply rate on the network's largest product, GFLOP/s (median)."""
+    m, k, n = GEMM_SHAPE
+    xp = backend.xp()
+    a = xp.asarray(numpy.random.default_rng(0).random((m, k), dtype=numpy.float32))
+    b = xp.asarray(numpy.random.default_rng(1).random((k, n), dtype=numpy.float32))
+    times = alternate({"gemm": lambda: a @ b}, repeat)["gemm"]
+    return 2.0 * m * k * n / statistics.median(times) / 1e9
