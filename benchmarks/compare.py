@@ -25,6 +25,7 @@ import common  # noqa: E402
 from minialex import backend  # noqa: E402
 
 STEPS_PER_EPOCH = 750   # 48,000 training images after validation_split=0.2, batch 64
+INFERENCE_BATCH = 128
 
 
 def load_test_images(data_dir):
@@ -116,24 +117,28 @@ def main(argv=None):
                 row(f"{layer.name} {kind}", times["ours"], times.get("theirs"), flops, gemm)
         model.layers[0].needs_input_grad = True
 
-    functions = {"ours": lambda: model.train_on_batch(x, y)}
+    gemm_call, gemm_flops = common.gemm_function()
+    functions = {"ours": lambda: model.train_on_batch(x, y), "gemm": gemm_call}
     if reference is not None:
         functions["theirs"] = _synchronised(reference.train_step, reference)
     times = common.alternate(functions, max(args.rounds, 20))
     print("-" * len(header))
     step_ms = row("training step (fwd, loss, bwd, Adam)", times["ours"], times.get("theirs"),
                   common.step_flops(model), gemm)
+    shares = [common.step_flops(model) / step / (gemm_flops / g) for step, g in zip(times["ours"], times["gemm"])]
+    print(f"{'':<34} step rate / GEMM rate, round by round (median): {100 * statistics.median(shares):.0f}% "
+          f"(GEMM {gemm_flops / statistics.median(times['gemm']) / 1e9:.1f} GFLOP/s in these rounds)")
 
     images, source = load_test_images(args.data_dir)
     start = time.perf_counter()
-    model.predict(images, batch_size=256)
+    model.predict(images, batch_size=INFERENCE_BATCH)
     ours_rate = len(images) / (time.perf_counter() - start)
-    text = f"inference, {len(images):,} {source} (batch 256): minialex {ours_rate:,.0f} images/s"
+    text = f"inference, {len(images):,} {source} (batch {INFERENCE_BATCH}): minialex {ours_rate:,.0f} images/s"
     if reference is not None:
         tensor = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(reference.device)
         start = time.perf_counter()
-        for i in range(0, len(tensor), 256):
-            reference.predict(tensor[i:i + 256])
+        for i in range(0, len(tensor), INFERENCE_BATCH):
+            reference.predict(tensor[i:i + INFERENCE_BATCH])
         reference.synchronize()
         text += f", PyTorch {len(images) / (time.perf_counter() - start):,.0f} images/s"
     print(text)

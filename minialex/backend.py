@@ -153,6 +153,24 @@ def synchronize():
         _state["xp"].cuda.get_current_stream().synchronize()
 
 
+def cpu_workers() -> int:
+    """How many threads CPU inference may use: as many as BLAS uses (it follows OMP_NUM_THREADS /
+    OPENBLAS_NUM_THREADS, else one per core); 1 on a GPU, where one queue does the work."""
+    if get_backend() != "numpy":
+        return 1
+    from threadpoolctl import threadpool_info
+
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return max(counts) if counts else 1
+
+
+def single_threaded_blas():
+    """A context in which BLAS runs on the calling thread only (for work split across threads)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def describe_device() -> str:
     """A line saying what runs the arrays, e.g. 'numpy on the CPU' or 'cupy on NVIDIA H200'."""
     if get_backend() == "cupy":
@@ -160,7 +178,7 @@ def describe_device() -> str:
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return f"cupy {cupy.__version__} on {name} (CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()})"
-    return f"numpy {numpy.__version__} on the CPU"
+    return f"numpy {numpy.__version__} on the CPU ({cpu_workers()} BLAS threads)"
 
 
 # --------------------------------------------------------------------------------------------

@@ -150,6 +150,8 @@ def layer_cases():
         ("Conv2D 3x3 valid relu, 2x7x9x3 -> 5", Conv2D(5, 3, activation="relu", **f64), (2, 7, 9, 3)),
         ("Conv2D 3x3 same stride 2, 1x8x7x2 -> 3", Conv2D(3, 3, strides=2, padding="same", **f64), (1, 8, 7, 2)),
         ("Conv2D 2x3 valid stride 2, 2x7x8x3 -> 4", Conv2D(4, (2, 3), strides=2, **f64), (2, 7, 8, 3)),
+        ("Conv2D 3x3 same relu, 2x6x5x6 -> 4", Conv2D(4, 3, padding="same", activation="relu", **f64),
+         (2, 6, 5, 6)),
         ("MaxPool2D 2x2, 2x7x7x3 (odd)", MaxPool2D(2), (2, 7, 7, 3)),
         ("MaxPool2D 3x3 stride 2 same, 1x7x6x2", MaxPool2D(3, strides=2, padding="same"), (1, 7, 6, 2)),
         ("LRN r=2 alpha=2e-5 (tutorial), 2x3x4x7", LocalResponseNorm(2, 1.0, 2e-5, 0.75), (2, 3, 4, 7)),

@@ -11,6 +11,8 @@ a handful of array operations instead of a few per tensor.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from . import backend
 from .layers import Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D, Softmax
 from .losses import SoftmaxCrossEntropy
@@ -227,15 +229,29 @@ class Sequential:
                    validation_data=validation_data, shuffle=shuffle, verbose=verbose,
                    checkpoint=checkpoint, resume_from=resume_from)
 
+    def _map_batches(self, function, count, batch_size):
+        """[function(batch slice) for each batch of ``count`` samples], in order.
+
+        On the CPU the batches run on one thread per BLAS thread (one per core by default), each
+        with a single-threaded BLAS: NumPy's elementwise work uses one core, so this is what keeps
+        every core busy at inference. Inference forwards keep no state, so they can share the layers.
+        On a GPU they run one after another, in the device's queue.
+        """
+        batches = [slice(start, start + batch_size) for start in range(0, count, batch_size)]
+        workers = backend.cpu_workers()
+        if workers < 2 or len(batches) < 2:
+            return [function(batch) for batch in batches]
+        with backend.single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(function, batches))
+
     def _evaluate_on_device(self, x, y, batch_size):
         """Summed loss and correct count over (x, y) already on the device; both stay there."""
-        loss_sum = correct = 0
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            loss, batch_correct = self._forward_loss(xb, yb, training=False)
-            loss_sum = loss_sum + loss * xb.shape[0]
-            correct = correct + batch_correct
-        return loss_sum, correct
+        def evaluate_batch(batch):
+            loss, correct = self._forward_loss(x[batch], y[batch], training=False)
+            return loss * x[batch].shape[0], correct
+
+        results = self._map_batches(evaluate_batch, x.shape[0], batch_size)
+        return sum(loss for loss, _ in results), sum(correct for _, correct in results)
 
     def evaluate(self, x, y, batch_size=32, verbose=0):
         """[loss, accuracy] over (x, y), computed in batches of ``batch_size``."""
@@ -254,7 +270,7 @@ class Sequential:
         x = self._inputs(x)
         batch_size = _check_batch_size(batch_size)
         xp = backend.get_array_module(x)
-        outputs = [self._forward(x[start:start + batch_size]) for start in range(0, x.shape[0], batch_size)]
+        outputs = self._map_batches(lambda batch: self._forward(x[batch]), x.shape[0], batch_size)
         return backend.to_numpy(xp.concatenate(outputs) if outputs else xp.zeros((0,) + self.output_shape))
 
     # ---- weights -----------------------------------------------------------------------------

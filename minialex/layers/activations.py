@@ -20,7 +20,8 @@ class ReLU(Layer):
         x = self._prepare(x)
         xp = backend.get_array_module(x)
         y = xp.maximum(x, 0, out=x if inplace else None)
-        self._y = y
+        if training:
+            self._y = y
         return y
 
     def backward(self, dout):
@@ -35,7 +36,8 @@ class Softmax(Layer):
         e = xp.subtract(x, x.max(axis=-1, keepdims=True), out=x if inplace else None)
         xp.exp(e, out=e)
         y = xp.divide(e, e.sum(axis=-1, keepdims=True), out=e)
-        self._y = y
+        if training:
+            self._y = y
         return y
 
     def backward(self, dout):
@@ -70,8 +72,10 @@ class WithActivation(Layer):
 
     def _activate(self, z, training, logits):
         """Apply the activation to the layer's own fresh product z, in place."""
-        self._activated = self.activation is not None and not logits
-        return self.activation.forward(z, training, inplace=True) if self._activated else z
+        activated = self.activation is not None and not logits
+        if training:
+            self._activated = activated
+        return self.activation.forward(z, training, inplace=True) if activated else z
 
     def _activation_backward(self, dout):
         return self.activation.backward(dout) if self._activated else dout

@@ -3,7 +3,9 @@
 The contract (tests, the gradient checker and Sequential rely on it):
 
 - ``forward(x, training=False) -> y`` with ``x`` batch-first, channels-last (N, H, W, C) for images;
-- ``backward(dout) -> dx``, after a ``forward(..., training=True)``; it also fills ``grads``;
+- ``backward(dout) -> dx``, after a ``forward(..., training=True)``; it also fills ``grads``.
+  Only a training forward keeps what backward needs, so inference holds no memory and a forward
+  with training=False may run on several threads at once;
 - ``params`` and ``grads``: dicts of arrays with the same keys (empty for parameter-free layers).
   Both are updated *in place*, never rebound: ``params[k][...] = v`` changes the layer, and
   Sequential may pack them into one flat buffer behind the layer's back;

@@ -138,7 +138,8 @@ class Conv2D(WithActivation):
         xpad = xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))) if self.padding == "same" else x
         cols = im2col(xpad, self.kernel_size, self.strides, (oh, ow), ones_column=self.use_bias)
         z = cols @ self._weights()
-        self._cols, self._padded_shape = cols, xpad.shape
+        if training:
+            self._cols, self._padded_shape = cols, xpad.shape
         return self._activate(z.reshape(n, oh, ow, f), training, logits)
 
     def backward(self, dout):

@@ -36,7 +36,8 @@ class Dense(WithActivation):
         z = x @ self.params["kernel"]
         if self.use_bias:
             z += self.params["bias"]
-        self._x = x
+        if training:
+            self._x = x
         return self._activate(z, training, logits)
 
     def backward(self, dout):

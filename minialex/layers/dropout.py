@@ -21,7 +21,9 @@ class Dropout(Layer):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        if not training or self.rate == 0.0:
+        if not training:
+            return x
+        if self.rate == 0.0:
             self._mask = None
             return x
         keep = backend.get_rng().random(x.shape, x.dtype) >= self.rate

@@ -85,7 +85,8 @@ class LocalResponseNorm(Layer):
         den += self.bias
         den_beta = power(den, self.beta)
         y = x / den_beta
-        self._x, self._y, self._den, self._den_beta = x, y, den, den_beta
+        if training:
+            self._x, self._y, self._den, self._den_beta = x, y, den, den_beta
         return y
 
     def backward(self, dout):

@@ -56,7 +56,8 @@ class MaxPool2D(Layer):
         xpad, corner = self._pad(x)
         cols = max_over_taps(xpad, axis=1, size=ph, stride=sh, length=oh)   # (N, OH, Wp, C)
         y = max_over_taps(cols, axis=2, size=pw, stride=sw, length=ow)      # (N, OH, OW, C)
-        self._x_shape, self._xpad, self._cols, self._y, self._corner = x.shape, xpad, cols, y, corner
+        if training:
+            self._x_shape, self._xpad, self._cols, self._y, self._corner = x.shape, xpad, cols, y, corner
         return y
 
     def backward(self, dout):
@@ -91,15 +92,37 @@ def route_to_first_max(dout, source, result, axis, size, stride, length):
 
     ``remaining`` is the gradient not yet routed: a tap that holds the maximum takes all of it, so
     later ties get nothing, and the last tap takes whatever is left (some tap must hold the maximum).
-    ``+=`` because overlapping windows (stride < size) share inputs.
+    Overlapping windows (stride < size) share inputs, so their shares add up; disjoint ones are
+    written straight into place, and only what no window reads is zeroed.
     """
     xp = backend.get_array_module(dout)
-    dsource = xp.zeros(source.shape, dtype=dout.dtype)
     indices = list(taps(source.ndim, axis, size, stride, length))
+    if stride < size:
+        dsource = xp.zeros(source.shape, dtype=dout.dtype)
+        remaining = dout
+        for index in indices[:-1]:
+            share = remaining * (source[index] == result)
+            dsource[index] += share
+            remaining = remaining - share
+        dsource[indices[-1]] += remaining
+        return dsource
+    dsource = xp.empty(source.shape, dtype=dout.dtype)
+    if stride > size or source.shape[axis] > stride * length:
+        _zero_unread(dsource, axis, size, stride, length)
     remaining = dout
     for index in indices[:-1]:
-        share = remaining * (source[index] == result)
-        dsource[index] += share
+        share = xp.multiply(remaining, source[index] == result, out=dsource[index])
         remaining = remaining - share
-    dsource[indices[-1]] += remaining
+    dsource[indices[-1]] = remaining
     return dsource
+
+
+def _zero_unread(array, axis, size, stride, length):
+    """Zero the positions along ``axis`` that no window of disjoint pooling reads."""
+    for start in range(size, stride):
+        index = [slice(None)] * array.ndim
+        index[axis] = slice(start, None, stride)
+        array[tuple(index)] = 0
+    index = [slice(None)] * array.ndim
+    index[axis] = slice(stride * length, None)
+    array[tuple(index)] = 0

@@ -15,7 +15,8 @@ class Flatten(Layer):
         x = self._prepare(x)
         if x.ndim < 2:
             raise ValueError(f"{self.name}: expects a batch axis and at least one more, got shape {tuple(x.shape)}")
-        self._x_shape = x.shape
+        if training:
+            self._x_shape = x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dout):
