@@ -94,16 +94,28 @@ def timed(function, repeat):
     return times
 
 
-def alternate(functions, rounds, warmup=3):
-    """Time several functions A, B, ... in turns (A B A B ...): {name: [seconds per round]}."""
+def alternate(functions, rounds, block=5, warmup=3):
+    """Time several functions in turns, ``block`` calls at a time (AAAAA BBBBB AAAAA ...).
+
+    Returns {name: [seconds per call]}. A block's first call pays for the switch (the other
+    library's thread pool still spinning, or its own asleep); taking the median over blocks of
+    back-to-back calls measures each the way a training loop runs it.
+    """
     for function in functions.values():
         for _ in range(warmup):
             function()
     results = {name: [] for name in functions}
     for _ in range(rounds):
         for name, function in functions.items():
-            results[name].extend(timed(function, 1))
+            results[name].extend(timed(function, block))
     return results
+
+
+def blockwise_ratios(ours, theirs, block=5):
+    """Median of per-round ratios: the median of our block over the median of theirs."""
+    pairs = zip(range(0, len(ours), block), range(0, len(theirs), block))
+    return statistics.median(statistics.median(ours[i:i + block]) / statistics.median(theirs[j:j + block])
+                             for i, j in pairs)
 
 
 def median_ms(times):

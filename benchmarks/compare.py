@@ -61,7 +61,7 @@ def row(label, ours, theirs, flops, gemm):
     mine = common.median_ms(ours)
     text = f"{label:<34} {mine:>11.2f}"
     if theirs:
-        ratio = statistics.median([a / b for a, b in zip(ours, theirs)])
+        ratio = common.blockwise_ratios(ours, theirs)
         text += f" {common.median_ms(theirs):>11.2f} {ratio:>7.2f}"
     else:
         text += f" {'':>11} {'':>7}"
@@ -121,12 +121,12 @@ def main(argv=None):
     functions = {"ours": lambda: model.train_on_batch(x, y), "gemm": gemm_call}
     if reference is not None:
         functions["theirs"] = _synchronised(reference.train_step, reference)
-    times = common.alternate(functions, max(args.rounds, 20))
+    times = common.alternate(functions, max(args.rounds, 10))
     print("-" * len(header))
     step_ms = row("training step (fwd, loss, bwd, Adam)", times["ours"], times.get("theirs"),
                   common.step_flops(model), gemm)
-    shares = [common.step_flops(model) / step / (gemm_flops / g) for step, g in zip(times["ours"], times["gemm"])]
-    print(f"{'':<34} step rate / GEMM rate, round by round (median): {100 * statistics.median(shares):.0f}% "
+    share = common.step_flops(model) / gemm_flops / common.blockwise_ratios(times["ours"], times["gemm"])
+    print(f"{'':<34} step rate / GEMM rate, round by round (median): {100 * share:.0f}% "
           f"(GEMM {gemm_flops / statistics.median(times['gemm']) / 1e9:.1f} GFLOP/s in these rounds)")
 
     images, source = load_test_images(args.data_dir)
