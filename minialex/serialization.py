@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 import zipfile
 
 import numpy
@@ -26,9 +26,9 @@ def save_npz(path, arrays: dict, meta: dict | None = None) -> None:
     payload = {name: to_numpy(array) for name, array in arrays.items()}
     if meta is not None:
         payload[META_KEY] = numpy.array(json.dumps(meta))
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(handle, "wb") as file:
+        with open(temporary, "xb") as file:
             numpy.savez(file, **payload)
             file.flush()
             os.fsync(file.fileno())

@@ -73,7 +73,7 @@ class NonFiniteGuard:
     def before_update(self, step, loss):
         """Called after each step's forward pass, before its backward pass and update."""
         if self.deferred:
-            self.losses[step] = loss
+            self.losses[step:step + 1] = loss       # a copy on the device, not a read-back
         elif not math.isfinite(float(loss)):
             self._fail(step, "the weights are those from before this step")
 

@@ -14,11 +14,6 @@ from minialex import backend
 MNIST_DIR = Path(os.environ.get("MINIALEX_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "mnist"))
 
 
-def pytest_addoption(parser):
-    parser.addoption("--backend", default="all", choices=["all", "numpy", "cupy"],
-                     help="which array backend the backend-parametrised tests run on")
-
-
 def pytest_generate_tests(metafunc):
     if "xp_backend" in metafunc.fixturenames:
         choice = metafunc.config.getoption("--backend")
