@@ -129,6 +129,15 @@ def output_length(length, window, stride, padding):
     return (length - window) // stride + 1 if length >= window else 0
 
 
+def window_output_size(layer_name, input_hw, window, strides, padding, what):
+    """Keras's (OH, OW) for a ``window`` sliding over an (H, W) input; an error names a too-small input."""
+    out = tuple(output_length(length, k, s, padding) for length, k, s in zip(input_hw, window, strides))
+    if min(out) < 1:
+        raise ValueError(f"{layer_name}: input {input_hw[0]}x{input_hw[1]} is smaller than the {what} "
+                         f"{window[0]}x{window[1]} with padding='{padding}'")
+    return out
+
+
 def same_padding(length, window, stride):
     """(before, after) zeros for 'same', as TensorFlow places them: the odd one goes after."""
     out = -(-length // stride)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from .. import backend
 from .activations import WithActivation
-from .base import check_padding, glorot_uniform, normalize_pair, output_length, same_padding
+from .base import check_padding, glorot_uniform, normalize_pair, same_padding, window_output_size
 
 
 def im2col(xpad, kernel_size, strides, out_size, ones_column=False):
@@ -100,12 +100,7 @@ class Conv2D(WithActivation):
         super().__init__(activation=activation, input_shape=input_shape, dtype=dtype, name=name)
 
     def compute_output_shape(self, input_shape):
-        h, w, _ = input_shape
-        out = tuple(output_length(length, k, s, self.padding)
-                    for length, k, s in zip((h, w), self.kernel_size, self.strides))
-        if min(out) < 1:
-            raise ValueError(f"{self.name}: input {h}x{w} is smaller than the kernel "
-                             f"{self.kernel_size[0]}x{self.kernel_size[1]} with padding='valid'")
+        out = window_output_size(self.name, input_shape[:2], self.kernel_size, self.strides, self.padding, "kernel")
         return out + (self.filters,)
 
     def create_params(self, input_shape):

@@ -19,7 +19,7 @@ sends its whole gradient to ONE input: the leftmost column's topmost maximum. Ov
 from __future__ import annotations
 
 from .. import backend
-from .base import Layer, check_padding, normalize_pair, output_length, same_padding
+from .base import Layer, check_padding, normalize_pair, same_padding, window_output_size
 
 
 class MaxPool2D(Layer):
@@ -32,13 +32,8 @@ class MaxPool2D(Layer):
         super().__init__(input_shape=input_shape, name=name)
 
     def compute_output_shape(self, input_shape):
-        h, w, c = input_shape
-        out = tuple(output_length(length, p, s, self.padding)
-                    for length, p, s in zip((h, w), self.pool_size, self.strides))
-        if min(out) < 1:
-            raise ValueError(f"{self.name}: input {h}x{w} is smaller than the pool "
-                             f"{self.pool_size[0]}x{self.pool_size[1]}")
-        return out + (c,)
+        out = window_output_size(self.name, input_shape[:2], self.pool_size, self.strides, self.padding, "pool")
+        return out + (input_shape[2],)
 
     def _pad(self, x):
         if self.padding == "valid":
