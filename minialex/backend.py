@@ -230,7 +230,7 @@ class Generator:
     def random(self, shape, dtype="float32"):
         """Uniform numbers in [0, 1): 24 random bits for float32, 53 for float64."""
         module = _state_xp()
-        mantissa = 24 if module.dtype(dtype) == module.float32 else 53
+        mantissa = 24 if numpy.dtype(dtype) == numpy.float32 else 53
         top_bits = self.bits(shape) >> module.uint64(64 - mantissa)
         return top_bits.astype(dtype) * module.asarray(2.0 ** -mantissa, dtype=dtype)
 
