@@ -210,3 +210,19 @@ def test_the_tutorial_network_layers():
     assert isinstance(lrn, LocalResponseNorm)
     assert (lrn.depth_radius, lrn.bias, lrn.alpha, lrn.beta) == (2, 1.0, 2e-5, 0.75)
     assert model.layers[0].padding == "valid" and all(model.layers[i].padding == "same" for i in (3, 6, 7, 8))
+
+
+def test_weights_move_between_backends(tmp_path, xp_backend):
+    """Saved on the backend under test, loaded on NumPy (and back): the same predictions."""
+    x, _ = quadrant_data(12)
+    model = small_model()
+    model.save_weights(tmp_path / "w.npz")
+    on_device = model.predict(x)
+    with backend.set_backend("numpy"):
+        host_model = small_model()
+        host_model.load_weights(tmp_path / "w.npz")
+        np.testing.assert_allclose(host_model.predict(x), on_device, rtol=1e-5, atol=1e-6)
+        host_model.save_weights(tmp_path / "back.npz")
+    again = small_model()
+    again.load_weights(tmp_path / "back.npz")
+    np.testing.assert_allclose(again.predict(x), on_device, rtol=1e-6, atol=1e-7)
