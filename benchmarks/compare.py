@@ -129,21 +129,29 @@ def main(argv=None):
     print(f"{'':<34} step rate / GEMM rate, round by round (median): {100 * share:.0f}% "
           f"(GEMM {gemm_flops / statistics.median(times['gemm']) / 1e9:.1f} GFLOP/s in these rounds)")
 
+    result = {"step_ms": step_ms, "gemm_share": share, "epoch_s": STEPS_PER_EPOCH * step_ms / 1000}
+    if reference is not None:
+        result["torch_step_ms"] = common.median_ms(times["theirs"])
+        result["ratio"] = common.blockwise_ratios(times["ours"], times["theirs"])
+
     images, source = load_test_images(args.data_dir)
     start = time.perf_counter()
     model.predict(images, batch_size=INFERENCE_BATCH)
-    ours_rate = len(images) / (time.perf_counter() - start)
-    text = f"inference, {len(images):,} {source} (batch {INFERENCE_BATCH}): minialex {ours_rate:,.0f} images/s"
+    result["images_per_s"] = len(images) / (time.perf_counter() - start)
+    text = (f"inference, {len(images):,} {source} (batch {INFERENCE_BATCH}): "
+            f"minialex {result['images_per_s']:,.0f} images/s")
     if reference is not None:
         tensor = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(reference.device)
         start = time.perf_counter()
         for i in range(0, len(tensor), INFERENCE_BATCH):
             reference.predict(tensor[i:i + INFERENCE_BATCH])
         reference.synchronize()
-        text += f", PyTorch {len(images) / (time.perf_counter() - start):,.0f} images/s"
+        result["torch_images_per_s"] = len(images) / (time.perf_counter() - start)
+        text += f", PyTorch {result['torch_images_per_s']:,.0f} images/s"
     print(text)
-    print(f"one epoch ({STEPS_PER_EPOCH} steps of {common.BATCH}) projected: {STEPS_PER_EPOCH * step_ms / 1000:.1f} s")
+    print(f"one epoch ({STEPS_PER_EPOCH} steps of {common.BATCH}) projected: {result['epoch_s']:.1f} s")
     print(f"load after the run: {common.machine_load():.2f}")
+    print("RESULT " + " ".join(f"{key}={value:.4g}" for key, value in result.items()))
 
 
 def _synchronised(function, reference):

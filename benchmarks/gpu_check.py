@@ -94,19 +94,19 @@ def main(argv=None):
     stages["compare"] = run("compare", compare, 100, logs, env)
 
     tests_out, train_out, compare_out = stages["tests"][1], stages["train"][1], stages["compare"][1]
-    step = re.findall(r"training step \(fwd, loss, bwd, Adam\)\s+([\d.]+)\s+([\d.]+)?\s*([\d.]+)?", compare_out)
-    step_ms, torch_ms, ratio = (step[-1] + ("", "", ""))[:3] if step else ("", "", "")
+    bench = dict(re.findall(r"(\w+)=([\d.e+-]+)", (re.findall(r"^RESULT .*$", compare_out, re.M) or [""])[-1]))
     epochs = find(r"Epoch \d+/(\d+)", train_out, int)
     rows = [
         ("device", header[0]),
-        ("test suite", (re.findall(r"\d+ passed[^\n]*", tests_out) or ["no summary (see tests.log)"])[-1]),
+        ("test suite", (re.findall(r"\d+ (?:passed|failed)[^\n]*", tests_out) or ["no summary (see tests.log)"])[-1]),
         ("gradcheck", (re.findall(r"all passed|\d+ FAILED", stages["gradcheck"][1]) or ["no summary"])[-1]),
-        ("ms per training step (batch 64)", step_ms or "n/a"),
-        ("PyTorch ms per training step", torch_ms or "n/a (no torch)"),
-        ("minialex / PyTorch step ratio", ratio or "n/a"),
+        ("ms per training step (batch 64)", bench.get("step_ms", "n/a")),
+        ("PyTorch ms per training step", bench.get("torch_step_ms", "n/a (no torch)")),
+        ("minialex / PyTorch step ratio", bench.get("ratio", "n/a")),
         (f"seconds for {epochs or '?'} epochs (training time)", find(r"Running time: ([\d.]+)", train_out) or "n/a"),
         ("test accuracy", find(r"Test accuracy: ([\d.]+)", train_out) or "n/a"),
-        ("inference", (re.findall(r"inference, [^\n]*", compare_out) or ["n/a"])[-1]),
+        ("inference images/s (minialex, PyTorch)",
+         f"{bench.get('images_per_s', 'n/a')}, {bench.get('torch_images_per_s', 'n/a')}"),
     ]
     table = ["", "=== GPU check summary", *(f"{label:<40} {value}" for label, value in rows),
              "stage exit codes: " + ", ".join(f"{name} {result[0]} ({result[2]:.0f} s)" for name, result in stages.items())]
