@@ -4,7 +4,7 @@
 
 Needs CuPy, NumPy, pytest and pytest-benchmark (PyTorch is optional), no network and no install
 step; the MNIST files come from --data-dir (a git-ignored copy carried along) or MINIALEX_DATA_DIR.
-It prints the card and the CuPy / CUDA versions, then runs, each with a time limit:
+It prints the card and the CuPy / CUDA versions, then runs, each with a time limit (7.5 minutes in all):
   1. the test suite with ``--backend cupy``;
   2. ``python -m minialex.gradcheck --backend cupy``;
   3. ``examples/train_mnist.py --backend cupy``, the tutorial's full 5 epochs;
@@ -83,15 +83,15 @@ def main(argv=None):
     tests = [python, "-m", "pytest", "tests", "--backend", args.backend, "-q", "-p", "no:cacheprovider"]
     if args.quick:
         tests += ["-k", "gradcheck or backend"]
-    stages["tests"] = run("tests", tests, 200, logs, env)
-    stages["gradcheck"] = run("gradcheck", [python, "-m", "minialex.gradcheck", "--backend", args.backend], 60, logs, env)
+    stages["tests"] = run("tests", tests, 170, logs, env)
+    stages["gradcheck"] = run("gradcheck", [python, "-m", "minialex.gradcheck", "--backend", args.backend], 40, logs, env)
     train = [python, "examples/train_mnist.py", "--backend", args.backend, "--data-dir", args.data_dir]
     if args.quick:
         train += ["--epochs", "1", "--limit", "2000"]
-    stages["train"] = run("train", train, 170, logs, env)
+    stages["train"] = run("train", train, 150, logs, env)
     compare = [python, "benchmarks/compare.py", "--backend", args.backend, "--rounds", "3" if args.quick else "10",
                "--data-dir", args.data_dir]
-    stages["compare"] = run("compare", compare, 100, logs, env)
+    stages["compare"] = run("compare", compare, 90, logs, env)
 
     tests_out, train_out, compare_out = stages["tests"][1], stages["train"][1], stages["compare"][1]
     bench = dict(re.findall(r"(\w+)=([\d.e+-]+)", (re.findall(r"^RESULT .*$", compare_out, re.M) or [""])[-1]))
