@@ -3,17 +3,20 @@
     python examples/train_mnist.py [--backend auto|numpy|cupy] [--epochs 5] [--batch-size 64] ...
 
 It prints what the notebook prints (the arrays' shapes, the model, each epoch, ``Running time`` and
-``Test accuracy``) and, at the end, which backend and device ran. Problems a user can fix (no
-dataset and no network, a bad path, a backend this machine cannot run) end with one line on
-stderr and exit status 2.
+``Test accuracy``) and, at the end, which backend and device ran. ``--plots DIR`` also keeps the
+weights before and after training and the history in DIR and draws the run's pictures there
+(``minialex.viz``; ``python -m minialex.viz DIR`` redraws them later). Problems a user can fix (no
+dataset and no network, a bad path, a backend this machine cannot run, no matplotlib for
+``--plots``) end with one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from . import backend
+from . import backend, viz
 from .data import DatasetUnavailableError, load_fashion_mnist, load_mnist, preprocess_images, to_categorical
 from .models import alexnet_mnist
 from .optimizers import Adam
@@ -38,6 +41,9 @@ def build_parser():
     parser.add_argument("--save", default=None, metavar="PATH",
                         help="write a checkpoint (weights, optimiser, history) after every epoch")
     parser.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in PATH")
+    parser.add_argument("--plots", default=None, metavar="DIR",
+                        help="keep the initial and final weights and the history in DIR and draw the run's "
+                             "pictures there (needs matplotlib: pip install 'minialex[viz]')")
     return parser
 
 
@@ -65,6 +71,9 @@ def run(args) -> dict:
     model.summary()
     model.compile(optimizer=Adam(learning_rate=args.learning_rate), loss="categorical_crossentropy",
                   metrics=["accuracy"])
+    if args.plots:
+        Path(args.plots).mkdir(parents=True, exist_ok=True)
+        model.save_weights(Path(args.plots) / viz.INITIAL_WEIGHTS)
 
     # 6. Training.
     start = time.perf_counter()
@@ -75,10 +84,14 @@ def run(args) -> dict:
     print(f"Running time: {seconds:.2f} seconds")
 
     # 7. Testing.
-    test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=256)
+    test_loss, test_accuracy = model.evaluate(x_test, y_test)
     print(f"Test loss: {test_loss:.4f}")
     print(f"Test accuracy: {test_accuracy:.4f}")
     print(f"Ran on: {backend.describe_device()}")
+    if args.plots:
+        viz.save_run(args.plots, model, history)
+        for path in viz.draw_run(args.plots, model, x_test, y_test.argmax(axis=1)):
+            print("Saved", path)
     return {"model": model, "history": history, "test_loss": test_loss, "test_accuracy": test_accuracy,
             "seconds": seconds}
 
@@ -89,6 +102,10 @@ def main(argv=None) -> int:
         run(args)
     except (backend.BackendError, DatasetUnavailableError, FileNotFoundError, NonFiniteLossError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except viz.MatplotlibMissing as exc:
+        print(f"error: no pictures drawn: {exc} (the weights and history are saved in {args.plots}; "
+              f"draw them later with python -m minialex.viz {args.plots})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
