@@ -28,11 +28,12 @@ def batch(bench_backend):
 
 @pytest.fixture
 def run(benchmark):
-    """benchmark(function) with the device synchronised after each call, a few warm-up calls first."""
+    """Time function() with the device synchronised after each call, after a few warm-up calls;
+    returns the median seconds (None under --benchmark-disable, which only runs it once)."""
     def measure(function, rounds=15):
         def call():
-            result = function()
+            function()
             backend.synchronize()
-            return result
-        return benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=3)
+        benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=3)
+        return benchmark.stats.stats.median if benchmark.stats else None
     return measure
