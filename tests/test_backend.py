@@ -22,6 +22,7 @@ def test_set_backend_call_and_context_manager():
 
 def test_auto_falls_back_to_numpy_without_a_gpu(monkeypatch):
     monkeypatch.setattr(backend, "cupy_available", lambda: False)
+    assert backend.available_backends() == ["numpy"]
     with backend.set_backend("auto"):
         assert backend.get_backend() == "numpy"
 
