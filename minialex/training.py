@@ -105,8 +105,9 @@ class Progress:
         if verbose == 1:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=steps, file=sys.stdout, leave=False, disable=None, ascii=".=",
-                            bar_format="{n_fmt}/{total_fmt} [{bar:30}] - ETA: {remaining} - {postfix}")
+            bar = tqdm(total=steps, file=sys.stdout, leave=False, disable=None, ascii=".=",
+                       bar_format="{n_fmt}/{total_fmt} [{bar:30}] - ETA: {remaining} - {postfix}")
+            self.bar = None if bar.disable else bar    # no terminal, no bar: nothing to read back for
 
     def update(self, steps_done, logs):
         if self.bar is not None:
