@@ -95,6 +95,6 @@ class LocalResponseNorm(Layer):
         ratio /= den
         window_sum = self._window_sum(ratio, 2.0 * self.alpha * self.beta)   # outputs whose window holds k
         window_sum *= x
-        dx = dout / den_beta
+        dx = backend.get_array_module(dout).divide(dout, den_beta, out=ratio)   # ratio is spent: reuse it
         dx -= window_sum
         return dx
