@@ -76,9 +76,12 @@ def taps(ndim, axis, size, stride, length):
 def max_over_taps(a, axis, size, stride, length):
     """out[..., l, ...] = max_k a[..., l*stride + k, ...] along ``axis``."""
     xp = backend.get_array_module(a)
-    out = None
-    for index in taps(a.ndim, axis, size, stride, length):
-        out = a[index].copy() if out is None else xp.maximum(out, a[index], out=out)
+    views = [a[index] for index in taps(a.ndim, axis, size, stride, length)]
+    if size == 1:
+        return views[0].copy()
+    out = xp.maximum(views[0], views[1])
+    for view in views[2:]:
+        xp.maximum(out, view, out=out)
     return out
 
 
@@ -105,10 +108,13 @@ def route_to_first_max(dout, source, result, axis, size, stride, length):
     if stride > size or source.shape[axis] > stride * length:
         _zero_unread(dsource, axis, size, stride, length)
     remaining = dout
-    for index in indices[:-1]:
-        share = xp.multiply(remaining, source[index] == result, out=dsource[index])
-        remaining = remaining - share
-    dsource[indices[-1]] = remaining
+    for index, next_index in zip(indices[:-1], indices[1:]):
+        # what this tap does not take moves on, parked in the next tap's place; the rest is its share
+        left = xp.multiply(remaining, source[index] != result, out=dsource[next_index])
+        xp.subtract(remaining, left, out=dsource[index])
+        remaining = left
+    if size == 1:
+        dsource[indices[0]] = dout
     return dsource
 
 
