@@ -16,15 +16,19 @@ def test_power_equals_the_plain_power(xp_backend, beta):
     np.testing.assert_allclose(fast, plain, rtol=3e-7)
 
 
-@pytest.mark.parametrize("n,h,w,c,f,kernel,strides", [
-    (64, 17, 17, 32, 64, (3, 3), (1, 1)), (2, 9, 9, 128, 128, (3, 3), (1, 1)),
-    (3, 9, 8, 5, 7, (3, 3), (2, 2)), (1, 6, 7, 4, 3, (2, 3), (1, 2)),
+@pytest.mark.parametrize("n,h,w,c,f,kernel,strides,pads", [
+    (64, 15, 15, 32, 64, (3, 3), (1, 1), ((1, 1), (1, 1))), (2, 7, 7, 128, 128, (3, 3), (1, 1), ((1, 1), (1, 1))),
+    (2, 9, 9, 4, 5, (3, 3), (1, 1), ((0, 0), (0, 0))), (3, 9, 8, 5, 7, (3, 3), (2, 2), ((1, 1), (0, 1))),
+    (1, 6, 7, 4, 3, (2, 3), (1, 2), ((0, 1), (1, 1))), (2, 4, 5, 3, 2, (3, 3), (3, 2), ((2, 2), (1, 0))),
 ])
-def test_col2im_by_taps_equals_col2im_of_dcols(xp_backend, n, h, w, c, f, kernel, strides):
+def test_col2im_by_taps_equals_cropped_col2im_of_dcols(xp_backend, n, h, w, c, f, kernel, strides, pads):
     rng = np.random.default_rng(1)
-    oh, ow = (h - kernel[0]) // strides[0] + 1, (w - kernel[1]) // strides[1] + 1
+    (top, bottom), (left, right) = pads
+    hp, wp = h + top + bottom, w + left + right
+    oh, ow = (hp - kernel[0]) // strides[0] + 1, (wp - kernel[1]) // strides[1] + 1
     dz = backend.to_device(rng.standard_normal((n * oh * ow, f)), dtype="float32")
     k = backend.to_device(rng.standard_normal(kernel + (c, f)), dtype="float32")
-    plain = col2im(dz @ k.reshape(-1, f).T, (n, h, w, c), kernel, strides, (oh, ow))
-    fast = col2im_by_taps(dz, k, (n, h, w, c), strides, (oh, ow))
+    plain = col2im(dz @ k.reshape(-1, f).T, (n, hp, wp, c), kernel, strides, (oh, ow))[:, top:top + h, left:left + w]
+    fast = col2im_by_taps(dz, k, (n, h, w, c), pads, strides, (oh, ow))
+    assert fast.shape == (n, h, w, c) and fast.flags.c_contiguous
     np.testing.assert_allclose(backend.to_numpy(fast), backend.to_numpy(plain), rtol=1e-4, atol=1e-4)
