@@ -26,6 +26,10 @@ class SoftmaxCrossEntropy:
         self._probs, self._y = xp.exp(log_probs), y_onehot
         return -(y_onehot * log_probs).sum() / logits.shape[0]
 
-    def backward(self):
-        """d loss / d logits = (p - y) / N."""
-        return (self._probs - self._y) / self._probs.shape[0]
+    def backward(self, batch_size=None):
+        """d loss / d logits = (p - y) / N, N being ``batch_size`` (default: this batch's size).
+
+        A shard of a larger batch passes the whole batch's size: the shards' gradients then add up
+        to the gradient of the whole batch's mean loss.
+        """
+        return (self._probs - self._y) / (batch_size or self._probs.shape[0])

@@ -8,10 +8,14 @@
 When the model is built, every parameter is copied into one flat buffer and every layer's
 ``params[k]`` becomes a view of it (``grads`` likewise), so the optimiser updates all weights with
 a handful of array operations instead of a few per tensor.
+
+On the CPU, a training step runs data-parallel: each BLAS thread takes a shard of the batch
+through its own twin of the model (see ``_train_step``).
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import copy
+from concurrent.futures import wait
 
 from . import backend
 from .layers import Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D, Softmax
@@ -20,6 +24,7 @@ from .optimizers import get_optimizer
 from .serialization import load_npz, save_npz
 
 LOSSES = ("categorical_crossentropy",)
+MIN_SHARD_ROWS = 12     # fewer per thread and the hand-offs cost more than they save (tutorial net)
 
 
 class Sequential:
@@ -30,6 +35,7 @@ class Sequential:
         self.loss = None
         self._fused_softmax = False
         self._flat_params = self._flat_grads = None
+        self._twins = []
         for layer in layers or []:
             self.add(layer)
 
@@ -84,6 +90,7 @@ class Sequential:
         entries = [(layer, key) for layer in self.layers for key in layer.params]
         if not entries:
             self._flat_params = self._flat_grads = None
+            self._twins = []
             return
         dtypes = {str(layer.params[key].dtype) for layer, key in entries}
         if len(dtypes) > 1:
@@ -96,13 +103,13 @@ class Sequential:
         offset = 0
         for layer, key in entries:
             param = layer.params[key]
-            size, shape = int(param.size), param.shape
-            view = flat_params[offset:offset + size].reshape(shape)
+            view = flat_params[offset:offset + param.size].reshape(param.shape)
             view[...] = param
             layer.params[key] = view
-            layer.grads[key] = flat_grads[offset:offset + size].reshape(shape)
-            offset += size
+            offset += param.size
+        _point_grads_at(self.layers, flat_grads)
         self._flat_params, self._flat_grads = flat_params, flat_grads
+        self._twins = []        # made for the old buffers: the next data-parallel step makes new ones
 
     def count_params(self) -> int:
         return sum(layer.count_params for layer in self.layers)
@@ -180,21 +187,80 @@ class Sequential:
         correct = (out.argmax(axis=1) == y.argmax(axis=1)).sum(dtype=xp.int64)
         return loss, correct
 
-    def _backward(self, input_grad=False):
+    def _backward(self, input_grad=False, batch_size=None):
         """Backward through the loss and every layer: fills each layer's grads.
 
         Returns d loss / d input when ``input_grad`` is True; training skips it (None).
+        ``batch_size``: the whole batch's size when this batch is one shard of it.
         """
         self.layers[0].needs_input_grad = input_grad
-        dout = self.loss.backward()
+        dout = self.loss.backward(batch_size)
         skip_softmax = self._fused_softmax and isinstance(self.layers[-1], Softmax)
         for layer in reversed(self.layers[:-1] if skip_softmax else self.layers):
             dout = layer.backward(dout)
         return dout
 
-    def _backward_update(self):
-        """Backward pass, then one optimiser step over the flat parameter and gradient buffers."""
-        self._backward()
+    def _train_step(self, x, y):
+        """Forward and backward over one batch: fills the gradients; returns (mean loss, correct count).
+
+        On the CPU with several BLAS threads the batch is cut into one shard per thread. Each thread
+        runs its shard's forward and backward through its own twin of the model (the same weights,
+        its own caches and gradient buffer) with a single-threaded BLAS, and the twins' gradients
+        are summed. NumPy runs elementwise work (ReLU, LRN, pooling, im2col) on one core, so this
+        keeps every core busy through the whole step, not only in the matrix products. Each shard
+        divides its loss gradient by the whole batch's size and draws the dropout masks that the
+        whole batch gives its rows, so the result is the one-thread step's, to float32 rounding.
+        """
+        n = x.shape[0]
+        shards = self._shards(n)
+        if len(shards) == 1:
+            loss, correct = self._forward_loss(x, y)
+            self._backward()
+            return loss, correct
+        rng = backend.get_rng()
+        generators = [backend.BatchShard(rng, rows.start, rows.stop - rows.start, n) for rows in shards]
+        twins = self._twins_for(len(shards) - 1)
+        pool = backend.cpu_thread_pool(len(shards))
+        with backend.single_threaded_blas():
+            futures = [pool.submit(twin._shard_step, x[rows], y[rows], generator, n)
+                       for twin, rows, generator in zip(twins, shards[1:], generators[1:])]
+            try:
+                results = [self._shard_step(x[shards[0]], y[shards[0]], generators[0], n)]
+            finally:
+                wait(futures)       # no thread may still be running when BLAS gets its threads back
+        results += [future.result() for future in futures]
+        for twin in twins:
+            self._flat_grads += twin._flat_grads
+        rng.position = generators[0].position      # past the whole batch's draws, as one thread leaves it
+        return sum(loss for loss, _ in results) / n, sum(correct for _, correct in results)
+
+    def _shards(self, n):
+        """Row slices of an n-sample batch: one per CPU thread, of at least MIN_SHARD_ROWS each."""
+        count = max(1, min(backend.cpu_workers(), n // MIN_SHARD_ROWS))
+        bounds = [n * i // count for i in range(count + 1)]
+        return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+    def _shard_step(self, x, y, generator, batch_size):
+        """One shard's forward and backward, drawing from ``generator``: (summed loss, correct count)."""
+        with backend.using_rng(generator):
+            loss, correct = self._forward_loss(x, y)
+        self._backward(batch_size=batch_size)
+        return loss * x.shape[0], correct
+
+    def _twins_for(self, count):
+        """``count`` twins for the other threads of a data-parallel step, made once per build."""
+        while len(self._twins) < count:
+            twin = copy.copy(self)
+            twin.layers = [layer.replica() for layer in self.layers]
+            twin.loss = copy.copy(self.loss)
+            twin._flat_grads = backend.get_array_module(self._flat_grads).zeros_like(self._flat_grads)
+            twin._twins = []
+            _point_grads_at(twin.layers, twin._flat_grads)
+            self._twins.append(twin)
+        return self._twins[:count]
+
+    def _update(self):
+        """One optimiser step over the flat parameter and gradient buffers."""
         self.optimizer.apply([self._flat_params], [self._flat_grads])
 
     def _inputs(self, x, y=None):
@@ -216,8 +282,8 @@ class Sequential:
         """One training step on one batch: returns [loss, accuracy] as Python floats."""
         self._require_compiled()
         x, y = self._inputs(x, y)
-        loss, correct = self._forward_loss(x, y)
-        self._backward_update()
+        loss, correct = self._train_step(x, y)
+        self._update()
         return [float(loss), float(correct) / x.shape[0]]
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
@@ -241,8 +307,8 @@ class Sequential:
         workers = backend.cpu_workers()
         if workers < 2 or len(batches) < 2:
             return [function(batch) for batch in batches]
-        with backend.single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(function, batches))
+        with backend.single_threaded_blas():
+            return list(backend.cpu_thread_pool(workers).map(function, batches))
 
     def _evaluate_on_device(self, x, y, batch_size):
         """Summed loss and correct count over (x, y) already on the device; both stay there."""
@@ -312,6 +378,15 @@ class Sequential:
             self.build()
         arrays, _ = load_npz(path)
         self._assign(arrays)
+
+
+def _point_grads_at(layers, flat_grads):
+    """Make every layer's ``grads[k]`` a view of ``flat_grads``, in the order the parameters are packed."""
+    offset = 0
+    for layer in layers:
+        for key, param in layer.params.items():
+            layer.grads[key] = flat_grads[offset:offset + param.size].reshape(param.shape)
+            offset += param.size
 
 
 def _check_batch_size(batch_size):

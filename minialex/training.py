@@ -71,7 +71,7 @@ class NonFiniteGuard:
                                  f"training stopped, {detail}. Try a lower learning rate.")
 
     def before_update(self, step, loss):
-        """Called after each step's forward pass, before its backward pass and update."""
+        """Called after each step's forward and backward passes, before its update."""
         if self.deferred:
             self.losses[step:step + 1] = loss       # a copy on the device, not a read-back
         elif not math.isfinite(float(loss)):
@@ -205,9 +205,9 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
             batch = slice(step * batch_size, (step + 1) * batch_size)
             index = batch if order is None else order[batch]
             xb, yb = x_train[index], y_train[index]
-            loss, batch_correct = model._forward_loss(xb, yb)
+            loss, batch_correct = model._train_step(xb, yb)
             guard.before_update(step, loss)
-            model._backward_update()
+            model._update()
             loss_sum = loss_sum + loss * xb.shape[0]
             correct = correct + batch_correct
             seen += xb.shape[0]

@@ -13,10 +13,14 @@ The contract (tests, the gradient checker and Sequential rely on it):
   create them from ``input_shape=`` or on the first forward, on the active backend;
 - a layer runs on whatever backend its input lives on: it takes ``xp`` from its arrays;
 - ``needs_input_grad``: Sequential sets it False on its first layer, whose dx nobody uses; layers
-  for which dx costs a matrix product (Conv2D, Dense) then skip it and return None.
+  for which dx costs a matrix product (Conv2D, Dense) then skip it and return None;
+- ``replica()``: a twin that shares the parameters but keeps its own caches, so that two threads
+  can each run a training forward and backward over part of a batch (Sequential gives it its own
+  ``grads``). A layer holding per-call state outside its own attributes overrides it.
 """
 from __future__ import annotations
 
+import copy
 import re
 
 from .. import backend
@@ -103,6 +107,12 @@ class Layer:
 
     def __call__(self, x, training=False):
         return self.forward(x, training=training)
+
+    def replica(self):
+        """A shallow copy: the same ``params`` arrays, its own caches from then on, no ``grads`` yet."""
+        twin = copy.copy(self)
+        twin.grads = {}
+        return twin
 
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r}, output_shape={self.output_shape})"
