@@ -12,7 +12,7 @@ import time
 
 import numpy
 
-from minialex import backend
+from minialex import backend, random
 from minialex.models import alexnet_mnist
 
 BATCH = 64
@@ -40,7 +40,7 @@ def machine_load():
 
 
 def tutorial_model(seed=0):
-    backend.set_seed(seed)
+    random.set_seed(seed)
     model = alexnet_mnist()
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     return model

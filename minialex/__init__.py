@@ -3,10 +3,11 @@
     from minialex import backend, layers, models, optimizers
     model = models.alexnet_mnist()
 """
-from . import backend, layers, losses, models, optimizers
-from .backend import get_backend, set_backend, set_seed
+from . import backend, layers, losses, models, optimizers, random
+from .backend import get_backend, set_backend
+from .random import set_seed
 from .models import Sequential, alexnet_mnist
 
 __version__ = "0.1.0"
 __all__ = ["Sequential", "alexnet_mnist", "backend", "get_backend", "layers", "losses", "models",
-           "optimizers", "set_backend", "set_seed"]
+           "optimizers", "random", "set_backend", "set_seed"]

@@ -24,7 +24,7 @@ import sys
 
 import numpy
 
-from . import backend
+from . import backend, random
 from .layers import Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D, ReLU, Softmax
 from .losses import SoftmaxCrossEntropy
 
@@ -93,10 +93,10 @@ def check_layer(layer, x, seed=0, samples=None):
 
     ``samples`` checks that many random elements per tensor instead of all of them.
     """
-    rng_state = backend.get_rng().get_state()
+    rng_state = random.get_rng().get_state()
 
     def forward():
-        backend.get_rng().set_state(rng_state)
+        random.get_rng().set_state(rng_state)
         return layer.forward(x, training=True)
 
     y = forward()
@@ -123,14 +123,14 @@ def check_model(model, x, y, seed=0, samples=20):
     Every tensor is checked at ``samples`` random elements (all of them would mean two forward
     passes per weight).
     """
-    rng_state = backend.get_rng().get_state()
+    rng_state = random.get_rng().get_state()
 
     def loss_value():
-        backend.get_rng().set_state(rng_state)
-        return float(model._forward_loss(x, y)[0])
+        random.get_rng().set_state(rng_state)
+        return float(model.forward_loss(x, y)[0])
 
     loss_value()
-    analytic = {"input": model._backward(input_grad=True).copy()}
+    analytic = {"input": model.backward(input_grad=True).copy()}
     tensors = [("input", x)]
     for layer in model.layers:
         for key, param in layer.params.items():
@@ -180,7 +180,7 @@ def run_checks(seed=0):
     for tensor, error in check_loss(SoftmaxCrossEntropy(), logits, targets, seed=seed).items():
         yield "SoftmaxCrossEntropy (fused), 5x7", tensor, error
 
-    backend.set_seed(seed)
+    random.set_seed(seed)
     model = alexnet_mnist(dtype="float64")
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     x = tie_free((2, 32, 32, 1), seed, low=0.0, high=1.0)

@@ -5,26 +5,28 @@
     history = model.fit(x_train, y_train, epochs=5, batch_size=64, validation_split=0.2)
     loss, accuracy = model.evaluate(x_test, y_test)
 
-When the model is built, every parameter is copied into one flat buffer and every layer's
-``params[k]`` becomes a view of it (``grads`` likewise), so the optimiser updates all weights with
-a handful of array operations instead of a few per tensor.
+The fit loop (``minialex.training``) and the gradient checker drive a compiled model through a
+few public methods, and nothing else:
 
-On the CPU, a training step runs data-parallel: each BLAS thread takes a shard of the batch
-through its own twin of the model (see ``_train_step``).
+- ``prepare_inputs(x, y)``: checks the arrays and moves them to the device in the model's dtype;
+- ``forward_loss(x, y, training)``: the forward pass and the loss, (mean loss, correct count);
+- ``backward(input_grad, batch_size)``: fills every layer's ``grads`` (and returns d loss / d x);
+- ``train_step(x, y)``: both over one batch (on the CPU, shard by shard on every core:
+  ``minialex.parallel``); ``apply_gradients()``: one optimiser step;
+- ``evaluate_sums(x, y, batch_size)``: summed loss and correct count, left on the device;
+- ``weight_items()`` / ``assign_weights(arrays)``: the weights by name, for checkpoints;
+- ``flat_parameters`` / ``flat_gradients``: every weight and every gradient in one array each
+  (``minialex.flat``), so the optimiser runs over two long arrays.
 """
 from __future__ import annotations
 
-import copy
-from concurrent.futures import wait
-
-from . import backend
+from . import backend, flat, parallel
 from .layers import Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D, Softmax
 from .losses import SoftmaxCrossEntropy
 from .optimizers import get_optimizer
 from .serialization import load_npz, save_npz
 
 LOSSES = ("categorical_crossentropy",)
-MIN_SHARD_ROWS = 12     # fewer per thread and the hand-offs cost more than they save (tutorial net)
 
 
 class Sequential:
@@ -34,8 +36,7 @@ class Sequential:
         self.optimizer = None
         self.loss = None
         self._fused_softmax = False
-        self._flat_params = self._flat_grads = None
-        self._twins = []
+        self.flat_parameters = self.flat_gradients = None
         for layer in layers or []:
             self.add(layer)
 
@@ -49,7 +50,7 @@ class Sequential:
             suffix += 1
             layer.name = f"{base}_{suffix}"
         self.layers.append(layer)
-        self._flat_params = self._flat_grads = None
+        self.flat_parameters = self.flat_gradients = None
         if self.layers[0].built:
             self.build()
 
@@ -66,7 +67,7 @@ class Sequential:
             elif layer.input_shape != shape:
                 raise ValueError(f"{layer.name} was built for inputs {layer.input_shape} but receives {shape}")
             shape = layer.output_shape
-        self._pack_parameters()
+        self.flat_parameters, self.flat_gradients = flat.pack(self.layers)
 
     @property
     def built(self):
@@ -84,32 +85,6 @@ class Sequential:
     def dtype(self):
         dtypes = {str(p.dtype) for layer in self.layers for p in layer.params.values()}
         return dtypes.pop() if dtypes else "float32"
-
-    def _pack_parameters(self):
-        """Copy all parameters into one flat buffer and make each layer's params/grads views of it."""
-        entries = [(layer, key) for layer in self.layers for key in layer.params]
-        if not entries:
-            self._flat_params = self._flat_grads = None
-            self._twins = []
-            return
-        dtypes = {str(layer.params[key].dtype) for layer, key in entries}
-        if len(dtypes) > 1:
-            raise TypeError(f"all layers of a model must share one dtype, got {sorted(dtypes)}")
-        first = entries[0][0].params[entries[0][1]]
-        xp = backend.get_array_module(first)
-        total = sum(int(layer.params[key].size) for layer, key in entries)
-        flat_params = xp.empty(total, dtype=first.dtype)
-        flat_grads = xp.zeros(total, dtype=first.dtype)
-        offset = 0
-        for layer, key in entries:
-            param = layer.params[key]
-            view = flat_params[offset:offset + param.size].reshape(param.shape)
-            view[...] = param
-            layer.params[key] = view
-            offset += param.size
-        _point_grads_at(self.layers, flat_grads)
-        self._flat_params, self._flat_grads = flat_params, flat_grads
-        self._twins = []        # made for the old buffers: the next data-parallel step makes new ones
 
     def count_params(self) -> int:
         return sum(layer.count_params for layer in self.layers)
@@ -172,14 +147,16 @@ class Sequential:
     def __call__(self, x, training=False):
         return self._forward(x, training=training)
 
-    def _require_compiled(self):
+    # ---- what the fit loop and the gradient checker call ------------------------------------
+    def ensure_compiled(self):
+        """Raise a clear error if ``compile`` was not called; build the model if it is not built."""
         if self.loss is None:
             raise RuntimeError("compile the model first: model.compile(optimizer='adam', "
                                "loss='categorical_crossentropy', metrics=['accuracy'])")
-        if self._flat_params is None:
+        if self.flat_parameters is None:
             self.build()
 
-    def _forward_loss(self, x, y, training=True):
+    def forward_loss(self, x, y, training=True):
         """Forward pass and loss of one batch: (mean loss, number of correct predictions), on the device."""
         xp = backend.get_array_module(x)
         out = self._forward(x, training=training, logits=self._fused_softmax)
@@ -187,83 +164,39 @@ class Sequential:
         correct = (out.argmax(axis=1) == y.argmax(axis=1)).sum(dtype=xp.int64)
         return loss, correct
 
-    def _backward(self, input_grad=False, batch_size=None):
-        """Backward through the loss and every layer: fills each layer's grads.
+    def backward(self, input_grad=False, batch_size=None):
+        """Backward through the loss and every layer, after ``forward_loss``: fills each layer's grads.
 
-        Returns d loss / d input when ``input_grad`` is True; training skips it (None).
-        ``batch_size``: the whole batch's size when this batch is one shard of it.
+        Returns d loss / d input when ``input_grad`` is True; training skips it (None), and the first
+        layer then skips the product that would compute it. ``batch_size``: the whole batch's size
+        when this batch is one shard of it.
         """
-        self.layers[0].needs_input_grad = input_grad
         dout = self.loss.backward(batch_size)
         skip_softmax = self._fused_softmax and isinstance(self.layers[-1], Softmax)
-        for layer in reversed(self.layers[:-1] if skip_softmax else self.layers):
-            dout = layer.backward(dout)
+        first, asked = self.layers[0], self.layers[0].needs_input_grad
+        first.needs_input_grad = input_grad
+        try:
+            for layer in reversed(self.layers[:-1] if skip_softmax else self.layers):
+                dout = layer.backward(dout)
+        finally:
+            first.needs_input_grad = asked
         return dout
 
-    def _train_step(self, x, y):
-        """Forward and backward over one batch: fills the gradients; returns (mean loss, correct count).
+    def train_step(self, x, y):
+        """Forward and backward over one batch: fills the gradients; returns (mean loss, correct count),
+        both still on the device. On the CPU the batch runs shard by shard on every core."""
+        shards = parallel.shard_plan(x.shape[0])
+        if len(shards) > 1:
+            return parallel.sharded_step(self, x, y, shards)
+        loss, correct = self.forward_loss(x, y)
+        self.backward()
+        return loss, correct
 
-        On the CPU with several BLAS threads the batch is cut into one shard per thread. Each thread
-        runs its shard's forward and backward through its own twin of the model (the same weights,
-        its own caches and gradient buffer) with a single-threaded BLAS, and the twins' gradients
-        are summed. NumPy runs elementwise work (ReLU, LRN, pooling, im2col) on one core, so this
-        keeps every core busy through the whole step, not only in the matrix products. Each shard
-        divides its loss gradient by the whole batch's size and draws the dropout masks that the
-        whole batch gives its rows, so the result is the one-thread step's, to float32 rounding.
-        """
-        n = x.shape[0]
-        shards = self._shards(n)
-        if len(shards) == 1:
-            loss, correct = self._forward_loss(x, y)
-            self._backward()
-            return loss, correct
-        rng = backend.get_rng()
-        generators = [backend.BatchShard(rng, rows.start, rows.stop - rows.start, n) for rows in shards]
-        twins = self._twins_for(len(shards) - 1)
-        pool = backend.cpu_thread_pool(len(shards))
-        with backend.single_threaded_blas():
-            futures = [pool.submit(twin._shard_step, x[rows], y[rows], generator, n)
-                       for twin, rows, generator in zip(twins, shards[1:], generators[1:])]
-            try:
-                results = [self._shard_step(x[shards[0]], y[shards[0]], generators[0], n)]
-            finally:
-                wait(futures)       # no thread may still be running when BLAS gets its threads back
-        results += [future.result() for future in futures]
-        for twin in twins:
-            self._flat_grads += twin._flat_grads
-        rng.position = generators[0].position      # past the whole batch's draws, as one thread leaves it
-        return sum(loss for loss, _ in results) / n, sum(correct for _, correct in results)
-
-    def _shards(self, n):
-        """Row slices of an n-sample batch: one per CPU thread, of at least MIN_SHARD_ROWS each."""
-        count = max(1, min(backend.cpu_workers(), n // MIN_SHARD_ROWS))
-        bounds = [n * i // count for i in range(count + 1)]
-        return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
-
-    def _shard_step(self, x, y, generator, batch_size):
-        """One shard's forward and backward, drawing from ``generator``: (summed loss, correct count)."""
-        with backend.using_rng(generator):
-            loss, correct = self._forward_loss(x, y)
-        self._backward(batch_size=batch_size)
-        return loss * x.shape[0], correct
-
-    def _twins_for(self, count):
-        """``count`` twins for the other threads of a data-parallel step, made once per build."""
-        while len(self._twins) < count:
-            twin = copy.copy(self)
-            twin.layers = [layer.replica() for layer in self.layers]
-            twin.loss = copy.copy(self.loss)
-            twin._flat_grads = backend.get_array_module(self._flat_grads).zeros_like(self._flat_grads)
-            twin._twins = []
-            _point_grads_at(twin.layers, twin._flat_grads)
-            self._twins.append(twin)
-        return self._twins[:count]
-
-    def _update(self):
+    def apply_gradients(self):
         """One optimiser step over the flat parameter and gradient buffers."""
-        self.optimizer.apply([self._flat_params], [self._flat_grads])
+        self.optimizer.apply([self.flat_parameters], [self.flat_gradients])
 
-    def _inputs(self, x, y=None):
+    def prepare_inputs(self, x, y=None):
         """Check and move (x, y) to the active backend in the model's dtype."""
         if not self.built:
             self.build(tuple(x.shape[1:]))
@@ -280,10 +213,10 @@ class Sequential:
 
     def train_on_batch(self, x, y):
         """One training step on one batch: returns [loss, accuracy] as Python floats."""
-        self._require_compiled()
-        x, y = self._inputs(x, y)
-        loss, correct = self._train_step(x, y)
-        self._update()
+        self.ensure_compiled()
+        x, y = self.prepare_inputs(x, y)
+        loss, correct = self.train_step(x, y)
+        self.apply_gradients()
         return [float(loss), float(correct) / x.shape[0]]
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
@@ -295,37 +228,22 @@ class Sequential:
                    validation_data=validation_data, shuffle=shuffle, verbose=verbose,
                    checkpoint=checkpoint, resume_from=resume_from)
 
-    def _map_batches(self, function, count, batch_size):
-        """[function(batch slice) for each batch of ``count`` samples], in order.
-
-        On the CPU the batches run on one thread per BLAS thread (one per core by default), each
-        with a single-threaded BLAS: NumPy's elementwise work uses one core, so this is what keeps
-        every core busy at inference. Inference forwards keep no state, so they can share the layers.
-        On a GPU they run one after another, in the device's queue.
-        """
-        batches = [slice(start, start + batch_size) for start in range(0, count, batch_size)]
-        workers = backend.cpu_workers()
-        if workers < 2 or len(batches) < 2:
-            return [function(batch) for batch in batches]
-        with backend.single_threaded_blas():
-            return list(backend.cpu_thread_pool(workers).map(function, batches))
-
-    def _evaluate_on_device(self, x, y, batch_size):
+    def evaluate_sums(self, x, y, batch_size):
         """Summed loss and correct count over (x, y) already on the device; both stay there."""
         def evaluate_batch(batch):
-            loss, correct = self._forward_loss(x[batch], y[batch], training=False)
+            loss, correct = self.forward_loss(x[batch], y[batch], training=False)
             return loss * x[batch].shape[0], correct
 
-        results = self._map_batches(evaluate_batch, x.shape[0], batch_size)
+        results = parallel.map_batches(evaluate_batch, x.shape[0], batch_size)
         return sum(loss for loss, _ in results), sum(correct for _, correct in results)
 
     def evaluate(self, x, y, batch_size=32, verbose=0):
         """[loss, accuracy] over (x, y), computed in batches of ``batch_size``."""
-        self._require_compiled()
-        x, y = self._inputs(x, y)
+        self.ensure_compiled()
+        x, y = self.prepare_inputs(x, y)
         if x.shape[0] == 0:
             raise ValueError("evaluate needs at least one sample")
-        loss_sum, correct = self._evaluate_on_device(x, y, _check_batch_size(batch_size))
+        loss_sum, correct = self.evaluate_sums(x, y, _check_batch_size(batch_size))
         results = [float(loss_sum) / x.shape[0], float(correct) / x.shape[0]]
         if verbose:
             print(f"loss: {results[0]:.4f} - accuracy: {results[1]:.4f}")
@@ -333,29 +251,31 @@ class Sequential:
 
     def predict(self, x, batch_size=32):
         """The model's outputs (softmax probabilities for the tutorial net) as a NumPy array."""
-        x = self._inputs(x)
+        x = self.prepare_inputs(x)
         batch_size = _check_batch_size(batch_size)
         xp = backend.get_array_module(x)
-        outputs = self._map_batches(lambda batch: self._forward(x[batch]), x.shape[0], batch_size)
+        outputs = parallel.map_batches(lambda batch: self._forward(x[batch]), x.shape[0], batch_size)
         return backend.to_numpy(xp.concatenate(outputs) if outputs else xp.zeros((0,) + self.output_shape))
 
     # ---- weights -----------------------------------------------------------------------------
-    def _weight_items(self):
+    def weight_items(self):
+        """[('layer_name/param', array)] for every parameter, in order (the arrays themselves)."""
         return [(f"{layer.name}/{key}", layer.params[key]) for layer in self.layers for key in layer.params]
 
     def get_weights(self):
         """Every parameter, layer by layer, as NumPy arrays (copies)."""
-        return [backend.to_numpy(p).copy() for _, p in self._weight_items()]
+        return [backend.to_numpy(p).copy() for _, p in self.weight_items()]
 
     def set_weights(self, weights):
         """Load a list like ``get_weights()`` returns; shapes are checked before anything is written."""
-        items = self._weight_items()
+        items = self.weight_items()
         if len(weights) != len(items):
             raise ValueError(f"expected {len(items)} weight arrays, got {len(weights)}")
-        self._assign({name: w for (name, _), w in zip(items, weights)})
+        self.assign_weights({name: w for (name, _), w in zip(items, weights)})
 
-    def _assign(self, arrays):
-        items = dict(self._weight_items())
+    def assign_weights(self, arrays):
+        """Copy {'layer_name/param': array} into the weights; names and shapes are checked first."""
+        items = dict(self.weight_items())
         missing = sorted(set(items) - set(arrays))
         extra = sorted(set(arrays) - set(items))
         if missing or extra:
@@ -370,23 +290,14 @@ class Sequential:
         """Write every parameter to a ``.npz`` file (atomically; keys 'layer_name/param')."""
         if not self.built:
             raise ValueError("the model is not built yet: there are no weights to save")
-        save_npz(path, dict(self._weight_items()), meta={"format": "minialex-weights", "version": 1})
+        save_npz(path, dict(self.weight_items()), meta={"format": "minialex-weights", "version": 1})
 
     def load_weights(self, path):
         """Read weights written by ``save_weights``, on any backend; names and shapes are checked."""
         if not self.built:
             self.build()
         arrays, _ = load_npz(path)
-        self._assign(arrays)
-
-
-def _point_grads_at(layers, flat_grads):
-    """Make every layer's ``grads[k]`` a view of ``flat_grads``, in the order the parameters are packed."""
-    offset = 0
-    for layer in layers:
-        for key, param in layer.params.items():
-            layer.grads[key] = flat_grads[offset:offset + param.size].reshape(param.shape)
-            offset += param.size
+        self.assign_weights(arrays)
 
 
 def _check_batch_size(batch_size):

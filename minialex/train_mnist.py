@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import backend, viz
+from . import backend, random, viz
 from .data import DatasetUnavailableError, load_fashion_mnist, load_mnist, preprocess_images, to_categorical
 from .models import alexnet_mnist
 from .optimizers import Adam
@@ -55,7 +55,7 @@ def run(args) -> dict:
     if args.limit is not None and args.limit < 1:
         raise ValueError("--limit must be at least 1")
     backend.set_backend(args.backend)
-    backend.set_seed(args.seed)
+    random.set_seed(args.seed)
 
     # 1-3. Data, preprocessed as the notebook does: pad 28x28 to 32x32, channel axis, /255, one-hot.
     (x_train, y_train), (x_test, y_test) = LOADERS[args.dataset](args.data_dir)

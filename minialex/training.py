@@ -16,7 +16,7 @@ import math
 import sys
 import time
 
-from . import backend
+from . import backend, random
 from .serialization import load_npz, save_npz
 
 REFRESH_SECONDS = 0.5
@@ -64,7 +64,7 @@ class NonFiniteGuard:
             self._snapshot()
 
     def _snapshot(self):
-        self.saved = (self.model._flat_params.copy(), self.model.optimizer.get_state())
+        self.saved = (self.model.flat_parameters.copy(), self.model.optimizer.get_state())
 
     def _fail(self, step, detail):
         raise NonFiniteLossError(f"the loss became non-finite at epoch {self.epoch + 1}, step {step + 1}; "
@@ -87,7 +87,7 @@ class NonFiniteGuard:
         if bool(bad.any()):
             first = self.checked + int(bad.argmax())
             params, state = self.saved
-            self.model._flat_params[...] = params
+            self.model.flat_parameters[...] = params
             self.model.optimizer.set_state(state)
             self._fail(first, f"the weights were restored to those after step {self.checked}")
         self.checked = step + 1
@@ -144,12 +144,12 @@ def _split(x, y, validation_split, validation_data):
 
 def save_checkpoint(path, model, epochs_done, history):
     """Weights, optimiser state, epochs done, RNG state and history, written atomically."""
-    arrays = {f"weights/{name}": p for name, p in model._weight_items()}
+    arrays = {f"weights/{name}": p for name, p in model.weight_items()}
     state = model.optimizer.get_state()
     arrays.update({f"optimizer/{k}": v for k, v in state.items() if k != "iterations"})
     meta = {"format": CHECKPOINT_FORMAT, "version": 1, "epoch": epochs_done,
             "optimizer": type(model.optimizer).__name__, "iterations": state["iterations"],
-            "rng": backend.get_rng().get_state(), "history": history.history}
+            "rng": random.get_rng().get_state(), "history": history.history}
     save_npz(path, arrays, meta)
 
 
@@ -161,11 +161,11 @@ def load_checkpoint(path, model):
     if meta["optimizer"] != type(model.optimizer).__name__:
         raise ValueError(f"{path} was saved with {meta['optimizer']}, the model is compiled with "
                          f"{type(model.optimizer).__name__}")
-    model._assign({k[len("weights/"):]: v for k, v in arrays.items() if k.startswith("weights/")})
+    model.assign_weights({k[len("weights/"):]: v for k, v in arrays.items() if k.startswith("weights/")})
     state = {k[len("optimizer/"):]: v for k, v in arrays.items() if k.startswith("optimizer/")}
     state["iterations"] = meta["iterations"]
     model.optimizer.set_state(state)
-    backend.get_rng().set_state(meta["rng"])
+    random.get_rng().set_state(meta["rng"])
     return int(meta["epoch"]), History(meta["history"])
 
 
@@ -176,16 +176,16 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
     ``checkpoint=path`` saves everything needed to continue after every epoch; ``resume_from=path``
     restores such a file first and trains the epochs that remain, exactly as if never stopped.
     """
-    model._require_compiled()
+    model.ensure_compiled()
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-    x, y = model._inputs(x, y)
+    x, y = model.prepare_inputs(x, y)
     x_train, y_train, x_val, y_val = _split(x, y, validation_split, validation_data)
     if x_val is not None:
-        x_val, y_val = model._inputs(x_val, y_val)
-    rng = backend.get_rng()
+        x_val, y_val = model.prepare_inputs(x_val, y_val)
+    rng = random.get_rng()
     n = x_train.shape[0]
     if n == 0:
         raise ValueError("fit needs at least one training sample")
@@ -205,9 +205,9 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
             batch = slice(step * batch_size, (step + 1) * batch_size)
             index = batch if order is None else order[batch]
             xb, yb = x_train[index], y_train[index]
-            loss, batch_correct = model._train_step(xb, yb)
+            loss, batch_correct = model.train_step(xb, yb)
             guard.before_update(step, loss)
-            model._update()
+            model.apply_gradients()
             loss_sum = loss_sum + loss * xb.shape[0]
             correct = correct + batch_correct
             seen += xb.shape[0]
@@ -218,7 +218,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
         guard.check(steps - 1)
         logs = {"loss": float(loss_sum) / n, "accuracy": float(correct) / n}
         if x_val is not None:
-            val_loss, val_correct = model._evaluate_on_device(x_val, y_val, batch_size)
+            val_loss, val_correct = model.evaluate_sums(x_val, y_val, batch_size)
             logs["val_loss"] = float(val_loss) / x_val.shape[0]
             logs["val_accuracy"] = float(val_correct) / x_val.shape[0]
         backend.synchronize()

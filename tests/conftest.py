@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from minialex import backend
+from minialex import backend, random
 
 MNIST_DIR = Path(os.environ.get("MINIALEX_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "mnist"))
 
@@ -28,7 +28,7 @@ def xp_backend(request):
     if name == "cupy" and request.config.getoption("--backend") != "cupy" and not backend.cupy_available():
         pytest.skip("CuPy or a CUDA device is not available")
     with backend.set_backend(name):
-        backend.set_seed(1234)
+        random.set_seed(1234)
         yield name
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minialex import backend
+from minialex import backend, random
 
 PACKAGE = Path(__file__).resolve().parents[1] / "minialex"
 
@@ -70,13 +70,13 @@ def test_array_helpers(xp_backend):
 
 
 def test_generator_is_reproducible_and_batching_independent(xp_backend):
-    one = backend.Generator(42)
+    one = random.Generator(42)
     whole = backend.to_numpy(one.bits(10))
-    two = backend.Generator(42)
+    two = random.Generator(42)
     parts = np.concatenate([backend.to_numpy(two.bits(3)), backend.to_numpy(two.bits(7))])
     np.testing.assert_array_equal(whole, parts)
     assert one.get_state() == two.get_state() == {"seed": 42, "position": 10}
-    assert not np.array_equal(whole, backend.to_numpy(backend.Generator(43).bits(10)))
+    assert not np.array_equal(whole, backend.to_numpy(random.Generator(43).bits(10)))
 
 
 def test_generator_matches_splitmix64_reference():
@@ -92,11 +92,11 @@ def test_generator_matches_splitmix64_reference():
     for _ in range(5):
         state, value = splitmix64(state)
         expected.append(value)
-    assert backend.to_numpy(backend.Generator(0).bits(5)).tolist() == expected
+    assert backend.to_numpy(random.Generator(0).bits(5)).tolist() == expected
 
 
 def test_generator_distributions(xp_backend):
-    rng = backend.Generator(3)
+    rng = random.Generator(3)
     u = backend.to_numpy(rng.random(100_000, "float32"))
     assert u.dtype == np.float32 and u.min() >= 0.0 and u.max() < 1.0
     assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
@@ -107,12 +107,12 @@ def test_generator_distributions(xp_backend):
 
 
 def test_set_seed_restarts_the_run_generator():
-    backend.set_seed(5)
-    first = backend.to_numpy(backend.get_rng().random(4))
-    backend.set_seed(5)
-    np.testing.assert_array_equal(first, backend.to_numpy(backend.get_rng().random(4)))
+    random.set_seed(5)
+    first = backend.to_numpy(random.get_rng().random(4))
+    random.set_seed(5)
+    np.testing.assert_array_equal(first, backend.to_numpy(random.get_rng().random(4)))
     with pytest.raises(TypeError, match="seed"):
-        backend.set_seed(1.5)
+        random.set_seed(1.5)
 
 
 def test_layer_loss_and_optimizer_modules_never_import_numpy_or_cupy():

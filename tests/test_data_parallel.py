@@ -1,4 +1,4 @@
-"""The data-parallel CPU training step: shards on threads give the one-thread step's results.
+"""The data-parallel CPU training step (minialex.parallel): shards on threads give the one-thread step's results.
 
 The step uses as many shards as BLAS has threads, so each test sets the thread count itself
 (threadpoolctl): one thread for the plain step, two or three for the sharded one, whatever the
@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from minialex import backend
+from minialex import random
 from minialex.layers import Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D
-from minialex.models import MIN_SHARD_ROWS, Sequential
+from minialex.models import Sequential
+from minialex.parallel import MIN_SHARD_ROWS, RowSlicedGenerator, replicas_of, shard_plan
 
 
 def small_model(seed=3):
-    backend.set_seed(seed)
+    random.set_seed(seed)
     model = Sequential([
         Conv2D(4, 3, padding="same", activation="relu", input_shape=(8, 8, 1), dtype="float64"),
         LocalResponseNorm(depth_radius=2, bias=1.0, alpha=2e-5, beta=0.75),
@@ -49,14 +50,14 @@ def train(threads, steps, n):
 def test_sharded_step_matches_the_one_thread_step(threads, n):
     plain, plain_results = train(1, steps=3, n=n)
     sharded, sharded_results = train(threads, steps=3, n=n)
-    assert plain._twins == [] and len(sharded._twins) == threads - 1
+    replicas = replicas_of(sharded, threads - 1)
     np.testing.assert_allclose(sharded_results, plain_results, rtol=1e-12)
-    np.testing.assert_allclose(sharded._flat_grads, plain._flat_grads, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(sharded._flat_params, plain._flat_params, rtol=1e-10, atol=1e-14)
-    assert backend.get_rng().position > 0
+    np.testing.assert_allclose(sharded.flat_gradients, plain.flat_gradients, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(sharded.flat_parameters, plain.flat_parameters, rtol=1e-10, atol=1e-14)
+    assert random.get_rng().position > 0
     # the shards' dropout masks, put together, are the one-thread step's: same rows dropped
     plain_mask = plain.layers[5]._mask
-    sharded_masks = [sharded.layers[5]._mask] + [twin.layers[5]._mask for twin in sharded._twins]
+    sharded_masks = [sharded.layers[5]._mask] + [replica.layers[5]._mask for replica in replicas]
     np.testing.assert_array_equal(np.concatenate(sharded_masks), plain_mask)
 
 
@@ -67,7 +68,7 @@ def test_sharded_fit_matches_the_one_thread_fit():
         model = small_model()
         with threadpool_limits(threads, user_api="blas"):
             history = model.fit(x, y, epochs=2, batch_size=32, validation_split=0.25, verbose=0)
-        histories.append((history.history, model.get_weights(), backend.get_rng().get_state()))
+        histories.append((history.history, model.get_weights(), random.get_rng().get_state()))
     (one, weights_one, rng_one), (two, weights_two, rng_two) = histories
     assert one.keys() == two.keys()
     for key in one:
@@ -80,54 +81,54 @@ def test_sharded_fit_matches_the_one_thread_fit():
 def test_shards_cover_the_batch_and_small_batches_stay_whole():
     model = small_model()
     with threadpool_limits(2, user_api="blas"):
-        assert model._shards(33) == [slice(0, 16), slice(16, 33)]
-        assert model._shards(2 * MIN_SHARD_ROWS - 1) == [slice(0, 2 * MIN_SHARD_ROWS - 1)]
+        assert shard_plan(33) == [slice(0, 16), slice(16, 33)]
+        assert shard_plan(2 * MIN_SHARD_ROWS - 1) == [slice(0, 2 * MIN_SHARD_ROWS - 1)]
     with threadpool_limits(1, user_api="blas"):
-        assert model._shards(64) == [slice(0, 64)]
+        assert shard_plan(64) == [slice(0, 64)]
 
 
-def test_twins_share_the_weights_and_follow_a_rebuild():
+def test_replicas_share_the_weights_and_follow_a_rebuild():
     model = small_model()
     x, y = batch(32)
     with threadpool_limits(2, user_api="blas"):
         model.train_on_batch(x, y)
-        (twin,) = model._twins
-        for layer, twin_layer in zip(model.layers, twin.layers):
+        (replica,) = replicas_of(model, 1)
+        for layer, replica_layer in zip(model.layers, replica.layers):
             for key in layer.params:
-                assert twin_layer.params[key] is layer.params[key]
-                assert twin_layer.grads[key] is not layer.grads[key]
+                assert replica_layer.params[key] is layer.params[key]
+                assert replica_layer.grads[key] is not layer.grads[key]
+        assert replica.layers[0].activation is not model.layers[0].activation   # ReLU keeps its own output
         model.add(Dense(10, activation="softmax", dtype="float64"))   # repacks the weights
-        assert model._twins == []
         model.compile(optimizer="adam", loss="categorical_crossentropy")
         model.train_on_batch(x, y)
-        (twin,) = model._twins
-        assert len(twin.layers) == len(model.layers)
-        assert twin.layers[-1].params["kernel"] is model.layers[-1].params["kernel"]
+        (rebuilt,) = replicas_of(model, 1)
+        assert rebuilt is not replica and len(rebuilt.layers) == len(model.layers)
+        assert rebuilt.layers[-1].params["kernel"] is model.layers[-1].params["kernel"]
 
 
-def test_batch_shard_draws_the_whole_batch_rows():
-    whole = backend.Generator(11)
+def test_row_sliced_generator_draws_the_whole_batch_rows():
+    whole = random.Generator(11)
     whole.bits(5)
     expected = [whole.random((10, 7), "float64"), whole.random((10, 3), "float32")]
-    parent = backend.Generator(11)
+    parent = random.Generator(11)
     parent.bits(5)
-    shards = [backend.BatchShard(parent, 6, 4, 10), backend.BatchShard(parent, 0, 6, 10)]  # any order
+    shards = [RowSlicedGenerator(parent, 6, 4, 10), RowSlicedGenerator(parent, 0, 6, 10)]  # any order
     drawn = [[shard.random((shard.rows, 7), "float64"), shard.random((shard.rows, 3), "float32")]
              for shard in shards]
     for i in range(2):
         np.testing.assert_array_equal(np.concatenate([drawn[1][i], drawn[0][i]]), expected[i])
     assert shards[0].position == shards[1].position == whole.position
-    with pytest.raises(ValueError, match=r"shard of 4 rows draws arrays of shape \(4, \.\.\.\)"):
+    with pytest.raises(ValueError, match=r"rows 6\.\.9 of a batch draw arrays of shape \(4, \.\.\.\)"):
         shards[0].random((10, 7))
 
 
-def test_using_rng_is_per_thread():
-    run_rng, shard = backend.get_rng(), backend.Generator(99)
+def test_using_rng_holds_for_its_own_thread_only():
+    run_rng, shard = random.get_rng(), random.Generator(99)
     seen = {}
-    with backend.using_rng(shard):
-        assert backend.get_rng() is shard
-        worker = threading.Thread(target=lambda: seen.setdefault("other", backend.get_rng()))
+    with random.using_rng(shard):
+        assert random.get_rng() is shard
+        worker = threading.Thread(target=lambda: seen.setdefault("other", random.get_rng()))
         worker.start()
         worker.join()
     assert seen["other"] is run_rng
-    assert backend.get_rng() is run_rng
+    assert random.get_rng() is run_rng

@@ -7,7 +7,7 @@ fit must read back a fixed handful of values per epoch, however many steps the e
 import numpy as np
 import pytest
 
-from minialex import backend
+from minialex import backend, random
 
 from .test_models import quadrant_data, small_model
 
@@ -62,7 +62,7 @@ def gpu_policy(monkeypatch):
 
 def reads_during_fit(samples, epochs=2):
     x, y = quadrant_data(samples)
-    backend.set_seed(0)
+    random.set_seed(0)
     model = small_model()
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     DeviceArray.reads = 0

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from minialex import backend, losses
+from minialex import backend, losses, random
 from minialex.layers import Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D, Softmax
 from minialex.models import Sequential, alexnet_mnist
 from minialex.optimizers import SGD, Adam
@@ -55,14 +55,14 @@ def test_parameters_live_in_one_flat_buffer(xp_backend):
     model = small_model()
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     total = model.count_params()
-    assert model._flat_params.shape == (total,)
-    model._flat_params[...] = 0.5
+    assert model.flat_parameters.shape == (total,)
+    model.flat_parameters[...] = 0.5
     assert float(model.layers[0].params["kernel"].sum()) == pytest.approx(0.5 * 36)
 
 
 def test_fit_learns_and_reports_keras_history(xp_backend):
     x, y = quadrant_data()
-    backend.set_seed(0)
+    random.set_seed(0)
     model = small_model()
     model.compile(optimizer=Adam(0.01), loss="categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(x, y, epochs=6, batch_size=16, validation_split=0.25, verbose=0)
@@ -89,7 +89,7 @@ def test_the_same_seed_gives_the_same_run(xp_backend):
     x, y = quadrant_data(64)
     runs = []
     for _ in range(2):
-        backend.set_seed(11)
+        random.set_seed(11)
         model = small_model()
         model.compile(optimizer="adam", loss="categorical_crossentropy")
         runs.append((model.fit(x, y, epochs=2, batch_size=10, verbose=0).history, model.get_weights()))
@@ -113,10 +113,10 @@ def test_train_on_batch_predict_and_evaluate_in_batches(xp_backend):
 
 def test_fused_loss_equals_loss_on_logits_model():
     x, y = quadrant_data(20)
-    backend.set_seed(3)
+    random.set_seed(3)
     with_softmax = small_model()
     with_softmax.compile(loss="categorical_crossentropy")
-    backend.set_seed(3)
+    random.set_seed(3)
     logits_model = Sequential(small_model().layers[:-1] + [Dense(3)])
     logits_model.compile(loss=losses.SoftmaxCrossEntropy())
     logits_model.set_weights(with_softmax.get_weights())

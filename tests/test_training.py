@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minialex import backend, training
+from minialex import backend, random, training
 from minialex.layers import Dense, Flatten
 from minialex.models import Sequential
 from minialex.optimizers import Adam
@@ -11,7 +11,7 @@ from .test_models import quadrant_data, small_model
 
 
 def compiled(seed):
-    backend.set_seed(seed)
+    random.set_seed(seed)
     model = small_model()
     model.compile(optimizer=Adam(0.01), loss="categorical_crossentropy", metrics=["accuracy"])
     return model
@@ -25,7 +25,7 @@ def test_resume_continues_exactly_as_if_never_stopped(tmp_path, xp_backend):
     path = tmp_path / "run.npz"
     first = compiled(seed=4)
     first.fit(x, y, epochs=1, batch_size=16, validation_split=0.2, verbose=0, checkpoint=path)
-    backend.set_seed(999)  # the resumed process starts from a different state on purpose
+    random.set_seed(999)  # the resumed process starts from a different state on purpose
     resumed = compiled(seed=999)
     history = resumed.fit(x, y, epochs=3, batch_size=16, validation_split=0.2, verbose=0,
                           resume_from=path, checkpoint=path)
@@ -50,7 +50,7 @@ def nan_data(bad_index):
 
 
 def plain_model(seed):
-    backend.set_seed(seed)
+    random.set_seed(seed)
     model = Sequential([Flatten(input_shape=(8, 8, 1)), Dense(8, activation="relu"), Dense(3, activation="softmax")])
     model.compile(optimizer=Adam(0.01), loss="categorical_crossentropy")
     return model

@@ -70,12 +70,6 @@ class WithActivation(Layer):
         self._activated = False
         super().__init__(**kwargs)
 
-    def replica(self):
-        twin = super().replica()
-        if self.activation is not None:
-            twin.activation = self.activation.replica()    # ReLU keeps its own output for backward
-        return twin
-
     def _activate(self, z, training, logits):
         """Apply the activation to the layer's own fresh product z, in place."""
         activated = self.activation is not None and not logits

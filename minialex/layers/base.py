@@ -7,23 +7,21 @@ The contract (tests, the gradient checker and Sequential rely on it):
   Only a training forward keeps what backward needs, so inference holds no memory and a forward
   with training=False may run on several threads at once;
 - ``params`` and ``grads``: dicts of arrays with the same keys (empty for parameter-free layers).
-  Both are updated *in place*, never rebound: ``params[k][...] = v`` changes the layer, and
-  Sequential may pack them into one flat buffer behind the layer's back;
+  Both are updated *in place*, never rebound: ``params[k][...] = v`` changes the layer (and a
+  model may keep them as views of one flat buffer: ``minialex.flat``);
 - layers with parameters take ``dtype=`` (default 'float32'; the gradient checks use 'float64') and
   create them from ``input_shape=`` or on the first forward, on the active backend;
 - a layer runs on whatever backend its input lives on: it takes ``xp`` from its arrays;
-- ``needs_input_grad``: Sequential sets it False on its first layer, whose dx nobody uses; layers
-  for which dx costs a matrix product (Conv2D, Dense) then skip it and return None;
-- ``replica()``: a twin that shares the parameters but keeps its own caches, so that two threads
-  can each run a training forward and backward over part of a batch (Sequential gives it its own
-  ``grads``). A layer holding per-call state outside its own attributes overrides it.
+- ``needs_input_grad``: True unless the caller needs no dx (Sequential's first layer during
+  training); layers for which dx costs a matrix product (Conv2D, Dense) then skip it and return None;
+- what a training forward keeps for backward lives in the layer's own attributes (or in a layer
+  it holds, such as Conv2D's ReLU).
 """
 from __future__ import annotations
 
-import copy
 import re
 
-from .. import backend
+from .. import backend, random
 
 
 class Layer:
@@ -108,12 +106,6 @@ class Layer:
     def __call__(self, x, training=False):
         return self.forward(x, training=training)
 
-    def replica(self):
-        """A shallow copy: the same ``params`` arrays, its own caches from then on, no ``grads`` yet."""
-        twin = copy.copy(self)
-        twin.grads = {}
-        return twin
-
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r}, output_shape={self.output_shape})"
 
@@ -121,7 +113,7 @@ class Layer:
 def glorot_uniform(shape, fan_in, fan_out, dtype):
     """Keras's default kernel initialiser: U(-limit, limit), limit = sqrt(6 / (fan_in + fan_out))."""
     limit = (6.0 / (fan_in + fan_out)) ** 0.5
-    return backend.get_rng().uniform(-limit, limit, shape, dtype)
+    return random.get_rng().uniform(-limit, limit, shape, dtype)
 
 
 def normalize_pair(value, what):

@@ -4,11 +4,11 @@ Training:  mask = [u >= rate] / (1 - rate),  u ~ U[0, 1) per element;   y = x * 
 Inference: y = x.
 Kept units are scaled up by 1 / (1 - rate) during training, so nothing changes at inference time.
 Backward: dx = dout * mask (the same mask). Masks come from the run's generator
-(``backend.get_rng()``), so a seed fixes them.
+(``minialex.random.get_rng()``), so a seed fixes them.
 """
 from __future__ import annotations
 
-from .. import backend
+from .. import random
 from .base import Layer
 
 
@@ -26,7 +26,7 @@ class Dropout(Layer):
         if self.rate == 0.0:
             self._mask = None
             return x
-        keep = backend.get_rng().random(x.shape, x.dtype) >= self.rate
+        keep = random.get_rng().random(x.shape, x.dtype) >= self.rate
         self._mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.rate))
         return x * self._mask
 
