@@ -10,6 +10,12 @@ and reports, per tensor, the largest discrepancy relative to the tensor's larges
 (scaling by the tensor's largest entry keeps exactly-zero gradients, such as max-pool's losers,
 from dividing by zero). A layer passes when every tensor's error is <= 1e-6.
 
+A check must be able to fail. Large tensors are checked at a sample of their entries, drawn mostly
+among those whose analytic gradient is not zero (a ReLU and dropout leave many at zero, and a
+sample of zeros would compare 0 with 0) and partly among the zeros (a backward that drops a term
+shows there). A tensor whose checked entries all have zero analytic AND numeric gradient carries
+no signal: its error is infinite and it fails.
+
 Random layers (dropout) get the same mask in every evaluation: the run's generator is put back
 to the same state before each forward pass.
 
@@ -44,11 +50,14 @@ def tie_free(shape, seed=0, low=-1.0, high=1.0):
     return backend.to_device(values.reshape(shape), dtype="float64")
 
 
+NO_SIGNAL = float("inf")
+
+
 def relative_error(analytic, numeric) -> float:
-    """max |a - n| / max(|a|, |n|) over the tensor (0 when both are all zero)."""
+    """max |a - n| / max(|a|, |n|) over the tensor; NO_SIGNAL (inf) when both are all zero."""
     analytic, numeric = backend.to_numpy(analytic).ravel(), backend.to_numpy(numeric).ravel()
     scale = max(numpy.abs(analytic).max(initial=0.0), numpy.abs(numeric).max(initial=0.0))
-    return 0.0 if scale == 0.0 else float(numpy.abs(analytic - numeric).max() / scale)
+    return NO_SIGNAL if scale == 0.0 else float(numpy.abs(analytic - numeric).max() / scale)
 
 
 def numerical_gradient(f, array, indices, step=STEP):
@@ -71,18 +80,24 @@ def numerical_gradient(f, array, indices, step=STEP):
     return numeric
 
 
-def _indices(size, samples, seed):
-    """Every index, or ``samples`` of them drawn without replacement."""
-    if samples is None or samples >= size:
-        return numpy.arange(size)
-    return numpy.sort(numpy.random.default_rng(seed).choice(size, samples, replace=False))
+def sample_indices(analytic, samples, seed):
+    """Which entries to check: all of them, or ``samples`` drawn without replacement, three in
+    four among the entries whose analytic gradient is nonzero and the rest among the zeros."""
+    analytic = backend.to_numpy(analytic).ravel()
+    if samples is None or samples >= analytic.size:
+        return numpy.arange(analytic.size)
+    rng = numpy.random.default_rng(seed)
+    nonzero, zero = numpy.flatnonzero(analytic), numpy.flatnonzero(analytic == 0)
+    from_zero = min(len(zero), max(samples // 4, samples - len(nonzero)))
+    picked = [rng.choice(nonzero, samples - from_zero, replace=False), rng.choice(zero, from_zero, replace=False)]
+    return numpy.sort(numpy.concatenate(picked))
 
 
 def _compare(f, tensors, analytic, samples, seed):
     """{name: relative error} for each (name, array) in ``tensors`` against ``analytic[name]``."""
     errors = {}
     for k, (name, array) in enumerate(tensors):
-        indices = _indices(int(array.size), samples, seed + k)
+        indices = sample_indices(analytic[name], samples, seed + k)
         numeric = numerical_gradient(f, array, indices)
         errors[name] = relative_error(backend.to_numpy(analytic[name]).ravel()[indices], numeric)
     return errors
@@ -144,34 +159,49 @@ def check_model(model, x, y, seed=0, samples=20):
 
 
 def layer_cases():
-    """(description, layer, input shape): every layer at odd sizes, both paddings, strides 1 and 2."""
+    """(description, a function making the layer, input shape): every layer at odd sizes, both
+    paddings, strides 1 and 2. Each call makes a fresh layer, built on the backend active then."""
     f64 = {"dtype": "float64"}
     return [
-        ("Conv2D 3x3 valid relu, 2x7x9x3 -> 5", Conv2D(5, 3, activation="relu", **f64), (2, 7, 9, 3)),
-        ("Conv2D 3x3 same stride 2, 1x8x7x2 -> 3", Conv2D(3, 3, strides=2, padding="same", **f64), (1, 8, 7, 2)),
-        ("Conv2D 2x3 valid stride 2, 2x7x8x3 -> 4", Conv2D(4, (2, 3), strides=2, **f64), (2, 7, 8, 3)),
-        ("Conv2D 3x3 same relu, 2x6x5x6 -> 4", Conv2D(4, 3, padding="same", activation="relu", **f64),
+        ("Conv2D 3x3 valid relu, 2x7x9x3 -> 5", lambda: Conv2D(5, 3, activation="relu", **f64), (2, 7, 9, 3)),
+        ("Conv2D 3x3 same stride 2, 1x8x7x2 -> 3", lambda: Conv2D(3, 3, strides=2, padding="same", **f64),
+         (1, 8, 7, 2)),
+        ("Conv2D 2x3 valid stride 2, 2x7x8x3 -> 4", lambda: Conv2D(4, (2, 3), strides=2, **f64), (2, 7, 8, 3)),
+        ("Conv2D 3x3 same relu, 2x6x5x6 -> 4", lambda: Conv2D(4, 3, padding="same", activation="relu", **f64),
          (2, 6, 5, 6)),
-        ("MaxPool2D 2x2, 2x7x7x3 (odd)", MaxPool2D(2), (2, 7, 7, 3)),
-        ("MaxPool2D 3x3 stride 2 same, 1x7x6x2", MaxPool2D(3, strides=2, padding="same"), (1, 7, 6, 2)),
-        ("LRN r=2 alpha=2e-5 (tutorial), 2x3x4x7", LocalResponseNorm(2, 1.0, 2e-5, 0.75), (2, 3, 4, 7)),
-        ("LRN r=2 alpha=0.1 beta=0.75, 2x3x4x7", LocalResponseNorm(2, 1.0, 0.1, 0.75), (2, 3, 4, 7)),
-        ("LRN r=1 bias=2 alpha=0.5 beta=0.6, 1x2x3x5", LocalResponseNorm(1, 2.0, 0.5, 0.6), (1, 2, 3, 5)),
-        ("Dropout 0.5 (mask held), 3x11", Dropout(0.5), (3, 11)),
-        ("Dense 13 -> 7 relu", Dense(7, activation="relu", **f64), (3, 13)),
-        ("Dense 6 -> 5 softmax", Dense(5, activation="softmax", **f64), (4, 6)),
-        ("ReLU, 3x5x2", ReLU(), (3, 5, 2)),
-        ("Softmax, 4x6", Softmax(), (4, 6)),
-        ("Flatten, 2x3x4x5", Flatten(), (2, 3, 4, 5)),
+        ("MaxPool2D 2x2, 2x7x7x3 (odd)", lambda: MaxPool2D(2), (2, 7, 7, 3)),
+        ("MaxPool2D 3x3 stride 2 same, 1x7x6x2", lambda: MaxPool2D(3, strides=2, padding="same"), (1, 7, 6, 2)),
+        ("LRN r=2 alpha=2e-5 (tutorial), 2x3x4x7", lambda: LocalResponseNorm(2, 1.0, 2e-5, 0.75),
+         (2, 3, 4, 7)),
+        ("LRN r=2 alpha=0.1 beta=0.75, 2x3x4x7", lambda: LocalResponseNorm(2, 1.0, 0.1, 0.75), (2, 3, 4, 7)),
+        ("LRN r=1 bias=2 alpha=0.5 beta=0.6, 1x2x3x5", lambda: LocalResponseNorm(1, 2.0, 0.5, 0.6),
+         (1, 2, 3, 5)),
+        ("Dropout 0.5 (mask held), 3x11", lambda: Dropout(0.5), (3, 11)),
+        ("Dense 13 -> 7 relu", lambda: Dense(7, activation="relu", **f64), (3, 13)),
+        ("Dense 6 -> 5 softmax", lambda: Dense(5, activation="softmax", **f64), (4, 6)),
+        ("ReLU, 3x5x2", lambda: ReLU(), (3, 5, 2)),
+        ("Softmax, 4x6", lambda: Softmax(), (4, 6)),
+        ("Flatten, 2x3x4x5", lambda: Flatten(), (2, 3, 4, 5)),
     ]
+
+
+def softmax_inside_model():
+    """A compiled float64 model whose Softmax layer is not the last: its backward runs in training
+    (a last Softmax would be fused into the loss, and its backward skipped)."""
+    from .models import Sequential
+
+    model = Sequential([Dense(6, input_shape=(5,), dtype="float64"), Softmax(),
+                        Dense(4, activation="softmax", dtype="float64")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    return model
 
 
 def run_checks(seed=0):
     """Yield (case, tensor, error) for every layer case, the fused loss and the whole network."""
     from .models import alexnet_mnist
 
-    for k, (description, layer, shape) in enumerate(layer_cases()):
-        for tensor, error in check_layer(layer, tie_free(shape, seed + k), seed=seed + k).items():
+    for k, (description, make_layer, shape) in enumerate(layer_cases()):
+        for tensor, error in check_layer(make_layer(), tie_free(shape, seed + k), seed=seed + k).items():
             yield description, tensor, error
 
     rng = numpy.random.default_rng(seed)
@@ -181,6 +211,11 @@ def run_checks(seed=0):
         yield "SoftmaxCrossEntropy (fused), 5x7", tensor, error
 
     random.set_seed(seed)
+    for tensor, error in check_model(softmax_inside_model(), tie_free((3, 5), seed),
+                                     backend.to_device(numpy.eye(4)[[0, 3, 1]], dtype="float64"),
+                                     seed=seed, samples=None).items():
+        yield "Dense -> Softmax layer -> Dense softmax, model", tensor, error
+
     model = alexnet_mnist(dtype="float64")
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     x = tie_free((2, 32, 32, 1), seed, low=0.0, high=1.0)
@@ -207,7 +242,8 @@ def main(argv=None) -> int:
     for description, tensor, error in run_checks(args.seed):
         passed = error <= TOLERANCE
         failures += not passed
-        print(f"{description:<56} {tensor:<22} {error:>13.2e}  {'PASS' if passed else 'FAIL'}", flush=True)
+        shown = "no signal" if error == NO_SIGNAL else f"{error:.2e}"
+        print(f"{description:<56} {tensor:<22} {shown:>13}  {'PASS' if passed else 'FAIL'}", flush=True)
     print(f"{'all passed' if not failures else f'{failures} FAILED'}")
     return 1 if failures else 0
 

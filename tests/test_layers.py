@@ -165,8 +165,8 @@ def test_flatten_keeps_channels_last_order(xp_backend):
 
 @pytest.mark.parametrize("case", layer_cases(), ids=lambda case: case[0])
 def test_gradcheck_table_cases(xp_backend, case):
-    _, layer, shape = case
-    assert_gradients(layer, tie_free(shape, seed=11))
+    _, make_layer, shape = case
+    assert_gradients(make_layer(), tie_free(shape, seed=11))
 
 
 @pytest.mark.parametrize("shape,filters,kernel,strides,padding", CONV_CASES)
