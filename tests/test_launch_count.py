@@ -1,0 +1,77 @@
+"""The launch counter (benchmarks/launch_count.py) on toy code whose launches are known by hand."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minialex import backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import launch_count  # noqa: E402
+
+
+def toy(x):
+    """13 launches on CuPy, counted line by line."""
+    xp = backend.get_array_module(x)
+    y = xp.maximum(x, 0)                # 1  a ufunc
+    y += 1.0                            # 1  in place
+    xp.multiply(y, 2.0, out=y)          # 1  out=
+    column_sums = y.sum(axis=0)         # 1  a reduction
+    xp.empty((3, 4), dtype=x.dtype)     # 0  nothing is written
+    z = xp.zeros((3, 4), dtype=x.dtype)  # 1  a fill
+    z[...] = y                          # 1  a copy
+    y.T.reshape(-1)                     # 1  a reshape that must copy
+    y.reshape(-1)                       # 0  a view
+    y[1:, ::2]                          # 0  a view
+    y[[0, 2]]                           # 1  a gather
+    product = y @ y.T                   # 1  a matrix product
+    y.astype("float64")                 # 1  a cast is a copy
+    xp.fused(lambda a, b: (a * b + a) / b, y, z)   # 1  a fused kernel, whatever it does inside
+    xp.concatenate([y, z])              # 2  one copy per array
+    return column_sums, product         # eleven 1s and a 2: 13
+
+
+def test_the_counter_counts_the_toy_by_hand():
+    with launch_count.counting() as counter:
+        x = backend.to_device(np.arange(12.0, dtype=np.float32).reshape(3, 4) - 5)   # 1: host to device
+        counter.counts.clear()
+        sums, product = toy(x)
+    assert counter.total == 13
+    assert isinstance(sums, launch_count.CountingArray) and sums.shape == (4,)
+
+
+def test_results_are_numpy_s_and_the_backend_comes_back():
+    plain = np.arange(12.0, dtype=np.float32).reshape(3, 4) - 5
+    with launch_count.counting():
+        assert backend.get_backend() == launch_count.NAME
+        sums, product = toy(backend.to_device(plain))
+    expected = (np.maximum(plain, 0) + 1) * 2
+    np.testing.assert_array_equal(np.asarray(sums), expected.sum(axis=0))
+    np.testing.assert_array_equal(np.asarray(product), expected @ expected.T)
+    assert backend.get_backend() == "numpy" and backend.xp() is np
+    assert backend.get_array_module(backend.to_device(plain)) is np
+
+
+def test_labels_take_the_innermost_and_scalars_stay_on_the_device():
+    with launch_count.counting() as counter:
+        x = backend.to_device(np.ones(5, dtype=np.float32))
+        counter.counts.clear()
+        with counter.label("outer"):
+            total = x.sum()                 # a 0-d array, as CuPy returns
+            with counter.label("inner"):
+                total = total * 2 + 1       # 2
+    assert isinstance(total, launch_count.CountingArray) and float(total) == 11.0
+    assert dict(counter.counts) == {"outer": 1, "inner": 2}
+
+
+@pytest.fixture(scope="module")
+def tutorial_counts():
+    return launch_count.count_launches()
+
+
+def test_the_tutorial_step_is_within_the_issue_s_targets(tutorial_counts):
+    step, inference = sum(tutorial_counts["step"].values()), sum(tutorial_counts["inference"].values())
+    assert step <= 320 and inference <= 90, (step, inference)
+    assert not tutorial_counts["assumed"], "functions without a launch count in FUNCTION_LAUNCHES"
+    assert tutorial_counts["step"][("forward", "conv2d")] > 0 and tutorial_counts["step"]["optimiser"] > 0
