@@ -21,7 +21,8 @@ to the same state before each forward pass.
 
     python -m minialex.gradcheck [--backend numpy|cupy|auto]
 
-prints the table for every layer, the fused loss and the whole tutorial network.
+prints the table for every layer, every plain twin (``minialex.naive``), the fused loss and the whole
+tutorial network.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import sys
 
 import numpy
 
-from . import backend, random
+from . import backend, naive, random
 from .layers import Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D, ReLU, Softmax
 from .losses import SoftmaxCrossEntropy
 
@@ -125,6 +126,19 @@ def check_layer(layer, x, seed=0, samples=None):
     return _compare(objective, [("x", x)] + list(layer.params.items()), analytic, samples, seed)
 
 
+def check_twin(forward, backward, inputs, seed=0):
+    """Check a plain twin (``minialex.naive``): {input name: error} for every input its backward returns.
+
+    ``forward(**inputs) -> y`` and ``backward(upstream, **inputs) -> {name: gradient}``; the
+    objective is ``<upstream, y>`` as for a layer, every entry checked.
+    """
+    y = forward(**inputs)
+    upstream = backend.to_device(numpy.random.default_rng(seed).standard_normal(y.shape), dtype=y.dtype)
+    analytic = backward(upstream, **inputs)
+    return _compare(lambda: float((forward(**inputs) * upstream).sum()),
+                    [(name, inputs[name]) for name in analytic], analytic, None, seed)
+
+
 def check_loss(loss, logits, targets, seed=0):
     """Check a loss's backward (d mean loss / d logits): {'logits': error}."""
     loss.forward(logits, targets)
@@ -185,6 +199,44 @@ def layer_cases():
     ]
 
 
+def twin_cases(seed=0):
+    """(description, forward, backward, inputs) for every plain twin of ``minialex.naive``, at tiny
+    sizes (the twins loop over every pixel)."""
+    def arrays(**shapes):
+        return {name: tie_free(shape, seed + k) for k, (name, shape) in enumerate(shapes.items())}
+
+    mask = backend.to_device((numpy.random.default_rng(seed).random((3, 7)) >= 0.5) * 2.0, dtype="float64")
+    conv = {"strides": (2, 2), "padding": "same"}
+    pool = {"pool_size": (3, 3), "strides": (2, 2), "padding": "same"}
+    lrn = {"depth_radius": 2, "bias": 1.0, "alpha": 0.1, "beta": 0.75}
+    return [
+        ("naive conv2d 3x3 same stride 2, 1x5x4x2 -> 3",
+         lambda x, kernel, bias: naive.conv2d_forward(x, kernel, bias, **conv),
+         lambda d, x, kernel, bias: dict(zip(("x", "kernel", "bias"), naive.conv2d_backward(d, x, kernel, **conv))),
+         arrays(x=(1, 5, 4, 2), kernel=(3, 3, 2, 3), bias=(3,))),
+        ("naive conv2d 2x2 valid, 2x4x3x2 -> 2",
+         lambda x, kernel, bias: naive.conv2d_forward(x, kernel, bias),
+         lambda d, x, kernel, bias: dict(zip(("x", "kernel", "bias"), naive.conv2d_backward(d, x, kernel))),
+         arrays(x=(2, 4, 3, 2), kernel=(2, 2, 2, 2), bias=(2,))),
+        ("naive maxpool2d 3x3 stride 2 same, 1x5x6x2",
+         lambda x: naive.maxpool2d_forward(x, **pool),
+         lambda d, x: {"x": naive.maxpool2d_backward(d, x, **pool)}, arrays(x=(1, 5, 6, 2))),
+        ("naive LRN r=2 alpha=0.1, 2x2x2x6",
+         lambda x: naive.lrn_forward(x, **lrn),
+         lambda d, x: {"x": naive.lrn_backward(d, x, **lrn)}, arrays(x=(2, 2, 2, 6))),
+        ("naive dense 5 -> 3",
+         naive.dense_forward,
+         lambda d, x, kernel, bias: dict(zip(("x", "kernel", "bias"), naive.dense_backward(d, x, kernel))),
+         arrays(x=(4, 5), kernel=(5, 3), bias=(3,))),
+        ("naive dropout (mask given), 3x7",
+         lambda x: naive.dropout_forward(x, mask),
+         lambda d, x: {"x": naive.dropout_backward(d, mask)}, arrays(x=(3, 7))),
+        ("naive relu, 3x5", naive.relu_forward, lambda d, x: {"x": naive.relu_backward(d, x)}, arrays(x=(3, 5))),
+        ("naive softmax, 3x5", naive.softmax_forward, lambda d, x: {"x": naive.softmax_backward(d, x)},
+         arrays(x=(3, 5))),
+    ]
+
+
 def softmax_inside_model():
     """A compiled float64 model whose Softmax layer is not the last: its backward runs in training
     (a last Softmax would be fused into the loss, and its backward skipped)."""
@@ -197,11 +249,16 @@ def softmax_inside_model():
 
 
 def run_checks(seed=0):
-    """Yield (case, tensor, error) for every layer case, the fused loss and the whole network."""
+    """Yield (case, tensor, error) for every layer case, every plain twin, the fused loss, a model
+    with a Softmax layer inside and the whole tutorial network."""
     from .models import alexnet_mnist
 
     for k, (description, make_layer, shape) in enumerate(layer_cases()):
         for tensor, error in check_layer(make_layer(), tie_free(shape, seed + k), seed=seed + k).items():
+            yield description, tensor, error
+
+    for description, forward, backward, inputs in twin_cases(seed):
+        for tensor, error in check_twin(forward, backward, inputs, seed=seed).items():
             yield description, tensor, error
 
     rng = numpy.random.default_rng(seed)
@@ -209,6 +266,10 @@ def run_checks(seed=0):
     targets = backend.to_device(numpy.eye(7)[rng.integers(0, 7, 5)], dtype="float64")
     for tensor, error in check_loss(SoftmaxCrossEntropy(), logits, targets, seed=seed).items():
         yield "SoftmaxCrossEntropy (fused), 5x7", tensor, error
+    analytic = {"logits": naive.softmax_cross_entropy_backward(logits, targets)}
+    for tensor, error in _compare(lambda: float(naive.softmax_cross_entropy_forward(logits, targets)),
+                                  [("logits", logits)], analytic, None, seed).items():
+        yield "naive softmax cross-entropy, 5x7", tensor, error
 
     random.set_seed(seed)
     for tensor, error in check_model(softmax_inside_model(), tie_free((3, 5), seed),
