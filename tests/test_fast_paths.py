@@ -8,12 +8,21 @@ from minialex.layers.lrn import power
 
 
 @pytest.mark.parametrize("beta", [0.75, 0.5, 1.0, 0.6])
-def test_power_equals_the_plain_power(xp_backend, beta):
-    den = backend.to_device(np.random.default_rng(0).uniform(1.0, 50.0, (64, 5, 5, 32)), dtype="float32")
-    plain = backend.to_numpy(den ** beta)
-    fast = backend.to_numpy(power(den, beta))
-    assert fast.dtype == np.float32
-    np.testing.assert_allclose(fast, plain, rtol=3e-7)
+def test_power_equals_exp_of_beta_log(xp_backend, beta):
+    """Every branch of power() (square roots, a copy, the general power) against exp(beta * log(den))
+    computed in float64 on the host: an independent formula, so a wrong branch fails."""
+    host = np.random.default_rng(0).uniform(1.0, 50.0, (64, 5, 5, 32)).astype(np.float32)
+    fast = backend.to_numpy(power(backend.to_device(host), beta))
+    assert fast.dtype == np.float32 and fast.shape == host.shape
+    np.testing.assert_allclose(fast, np.exp(beta * np.log(host.astype(np.float64))), rtol=4e-7)
+
+
+def test_power_returns_a_new_array(xp_backend):
+    den = backend.to_device(np.full((3, 4), 16.0, np.float32))
+    for beta in (0.75, 0.5, 1.0, 0.6):
+        result = power(den, beta)
+        result[...] = 0.0
+        assert float(den.min()) == 16.0, beta     # LRN keeps den for backward: power must not write into it
 
 
 @pytest.mark.parametrize("n,h,w,c,f,kernel,strides,pads", [

@@ -80,6 +80,26 @@ def test_maxpool_sends_a_tie_to_one_winner_the_first(xp_backend):
     assert dx[0, :, :, 0].tolist() == [[3.0, 0.0], [0.0, 0.0]]
 
 
+@pytest.mark.parametrize("window,winner", [
+    ([[1, 3], [3, 2]], (1, 0)),                     # column 0 holds a 3: its topmost 3 wins over (0, 1)
+    ([[3, 1], [2, 3]], (0, 0)),
+    ([[1, 2], [0, 2]], (0, 1)),                     # both 2s in column 1: the top one
+    ([[0, 5, 5], [5, 1, 5], [2, 5, 0]], (1, 0)),    # 3x3: column 0's only 5 beats the 5s to its right
+    ([[0, 1, 7], [0, 7, 7], [0, 7, 2]], (1, 1)),    # columns 1 and 2 tie; column 1 first, then its top 7
+])
+def test_maxpool_sends_a_partial_tie_to_the_leftmost_column_topmost_row(xp_backend, window, winner):
+    x = backend.to_device(np.array(window, dtype=np.float64)[None, :, :, None])
+    size = len(window)
+    layer = MaxPool2D(size)
+    layer.forward(x, training=True)
+    dx = host(layer.backward(backend.to_device(np.full((1, 1, 1, 1), 5.0))))[0, :, :, 0]
+    expected = np.zeros((size, size))
+    expected[winner] = 5.0
+    np.testing.assert_array_equal(dx, expected)
+    np.testing.assert_array_equal(dx, naive.maxpool2d_backward(np.full((1, 1, 1, 1), 5.0), host(x), (size, size),
+                                                              (size, size))[0, :, :, 0])
+
+
 def test_maxpool_same_pads_with_minus_infinity(xp_backend):
     x = backend.to_device(-np.arange(1.0, 10.0).reshape(1, 3, 3, 1))
     y = host(MaxPool2D(2, padding="same").forward(x))
@@ -263,16 +283,18 @@ def test_glorot_uniform_limits_and_zero_bias():
     assert abs(kernel.mean()) < 0.1 * limit and not host(layer.params["bias"]).any()
 
 
-@pytest.mark.parametrize("layer,bad,message", [
-    (Conv2D(2, 3, input_shape=(8, 8, 1)), np.zeros((2, 8, 8, 3), np.float32), r"shape \(batch,\) \+ \(8, 8, 1\)"),
-    (Conv2D(2, 3), np.zeros((8, 8, 1), np.float32), "4 axes"),
-    (Dense(2, input_shape=(5,)), np.zeros((3, 4), np.float32), r"\(batch,\) \+ \(5,\)"),
-    (Dense(2, input_shape=(5,)), np.zeros((3, 5), np.float64), "dtype float64"),
-    (MaxPool2D(2), np.zeros((1, 1, 1, 1), np.float32), "smaller than the pool"),
-    (Conv2D(2, 3), np.zeros((1, 2, 2, 1), np.float32), "smaller than the kernel"),
-    (ReLU(), np.zeros((2, 3), np.int32), "floating-point"),
+@pytest.mark.parametrize("make,bad,message", [
+    (lambda: Conv2D(2, 3, input_shape=(8, 8, 1)), np.zeros((2, 8, 8, 3), np.float32),
+     r"shape \(batch,\) \+ \(8, 8, 1\)"),
+    (lambda: Conv2D(2, 3), np.zeros((8, 8, 1), np.float32), "4 axes"),
+    (lambda: Dense(2, input_shape=(5,)), np.zeros((3, 4), np.float32), r"\(batch,\) \+ \(5,\)"),
+    (lambda: Dense(2, input_shape=(5,)), np.zeros((3, 5), np.float64), "dtype float64"),
+    (lambda: MaxPool2D(2), np.zeros((1, 1, 1, 1), np.float32), "smaller than the pool"),
+    (lambda: Conv2D(2, 3), np.zeros((1, 2, 2, 1), np.float32), "smaller than the kernel"),
+    (lambda: ReLU(), np.zeros((2, 3), np.int32), "floating-point"),
 ])
-def test_bad_inputs_get_clear_errors(layer, bad, message):
+def test_bad_inputs_get_clear_errors(make, bad, message):
+    layer = make()          # made here, not at collection (see tests/conftest.py)
     with pytest.raises((ValueError, TypeError), match=message):
         layer.forward(bad)
 
