@@ -1,0 +1,263 @@
+"""The Keras notebook's weights in minialex, and back: Keras 3's ``.weights.h5`` files.
+
+    from minialex.keras_weights import load_keras_weights, save_keras_weights
+    model = load_keras_weights(alexnet_mnist(), "alexnet.weights.h5")  # the notebook's model.save_weights(...)
+    save_keras_weights(model, "minialex.weights.h5")                    # for the notebook's model.load_weights(...)
+
+What Keras 3's ``model.save_weights("NAME.weights.h5")`` writes is an HDF5 file with one group per
+layer of the model::
+
+    layers/<key>/vars/0, 1, ...   the layer's variables in order: for Conv2D and Dense 0 = kernel, 1 = bias
+    optimizer/vars/...            the optimiser's state, once the model is compiled (minialex ignores it)
+    vars                          the model's own variables (none for a Sequential)
+
+``<key>`` is not the layer's name but its class's name in snake case, numbered in the order of the
+layers: conv2d, conv2d_1, ..., lambda, lambda_1, max_pooling2d, ..., dense, dense_1, ... (so a
+notebook whose cells ran twice, with layers named conv2d_5 and so on, still saves conv2d, ...).
+A minialex layer takes the key of the Keras layer it stands for (``KERAS_CLASSES``: LocalResponseNorm
+is the notebook's Lambda, MaxPool2D is MaxPooling2D), numbered the same way: ``keras_keys(model)``.
+The arrays need no transposing: both keep Conv2D kernels as (height, width, in, out), Dense kernels as
+(in, out), and channels last.
+
+Loading checks every layer before it writes anything into the model: each layer with weights must
+be in the file with as many variables, each of the model's shape and dtype, and the file may hold
+no variables the model lacks; one error lists every mismatch, naming the layer and the expected
+and found shape. Layers without weights (pooling, LRN, dropout, ...) leave nothing to check, as in
+Keras. Saving writes the same layout that Keras writes, atomically: to a temporary file beside the
+target, renamed over it only once complete.
+
+h5py is optional (pip install 'minialex[keras]'): it is imported by the first load or save, and
+without it both raise H5pyMissing saying so; ``import minialex`` never needs it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+import numpy
+
+from . import backend
+
+INSTALL_HINT = "pip install 'minialex[keras]'"
+SUFFIX = ".weights.h5"      # Keras 3's load_weights reads a weights-only HDF5 file only under such a name
+
+#: minialex layer class -> the Keras layer class it stands for, as Keras names it in a .weights.h5
+#: file; others take their own class name in snake case (Keras's rule).
+KERAS_CLASSES = {
+    "Conv2D": "conv2d",
+    "Dense": "dense",
+    "MaxPool2D": "max_pooling2d",       # keras.layers.MaxPooling2D (MaxPool2D is its alias)
+    "LocalResponseNorm": "lambda",      # the notebook's Lambda(tf.nn.local_response_normalization ...)
+    "Flatten": "flatten",
+    "Dropout": "dropout",
+    "ReLU": "re_lu",
+    "Softmax": "softmax",
+}
+#: the order of a layer's variables in the file (Keras creates the kernel, then the bias)
+VARIABLE_ORDER = ("kernel", "bias")
+
+
+class H5pyMissing(ImportError):
+    """A .weights.h5 file was to be read or written, but h5py is not installed."""
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise H5pyMissing(f"reading and writing Keras .weights.h5 files needs h5py, which is not installed: "
+                          f"{INSTALL_HINT}") from None
+    return h5py
+
+
+def _snake_case(name):
+    """Keras's ``to_snake_case``: 'MaxPooling2D' -> 'max_pooling2d', 'ReLU' -> 're_lu'."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def keras_keys(model):
+    """[(layer, key)] for every layer of ``model``: the group ``layers/<key>`` Keras gives its twin."""
+    counts: dict[str, int] = {}
+    keys = []
+    for layer in model.layers:
+        base = KERAS_CLASSES.get(type(layer).__name__) or _snake_case(type(layer).__name__)
+        number = counts.get(base, -1) + 1
+        counts[base] = number
+        keys.append((layer, base if number == 0 else f"{base}_{number}"))
+    return keys
+
+
+def _variable_names(layer):
+    """The layer's parameter names in the order of the file's vars/0, vars/1, ..."""
+    order = {name: i for i, name in enumerate(VARIABLE_ORDER)}
+    return sorted(layer.params, key=lambda name: order.get(name, len(order)))
+
+
+def _label(layer, key):
+    return f"layer {layer.name!r}" + ("" if layer.name == key else f" (Keras layers/{key})")
+
+
+# ---- reading ---------------------------------------------------------------------------------
+def _open(path):
+    """The file at ``path`` opened read-only with h5py, or a clear error."""
+    h5py = _h5py()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path} is not an HDF5 file, so not a Keras .weights.h5 file "
+                         f"(Keras 3 writes one with model.save_weights('NAME{SUFFIX}'))")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read as HDF5 ({exc})") from None
+
+
+def _child(h5py, group, name, where):
+    """group[name], refusing links that lead elsewhere (Keras refuses them too)."""
+    link = group.get(name, getlink=True)
+    if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+        raise ValueError(f"{where}/{name} is a link; a .weights.h5 file holds its arrays itself")
+    return group[name]
+
+
+def _layer_variables(file, path):
+    """{key: [h5py.Dataset, ...]} for every group under ``layers/``, data not yet read."""
+    h5py = _h5py()
+    if file.get("layers", getclass=True) is not h5py.Group:
+        hint = ""
+        if "layer_names" in file.attrs or "model_weights" in file:
+            hint = (" (this looks like a Keras 2 / tf.keras HDF5 file; save the weights with Keras 3 as "
+                    f"model.save_weights('NAME{SUFFIX}'))")
+        raise ValueError(f"{path} is not a Keras 3 {SUFFIX} file: it has no group 'layers'{hint}")
+    layers = _child(h5py, file, "layers", "")
+    found = {}
+    for key in layers:
+        group = _child(h5py, layers, key, "layers")
+        if not isinstance(group, h5py.Group):
+            raise ValueError(f"{path}: layers/{key} is not a group")
+        if "vars" not in group:
+            found[key] = []
+            continue
+        variables = _child(h5py, group, "vars", f"layers/{key}")
+        names = [str(i) for i in range(len(variables))]
+        if set(variables) != set(names):
+            raise ValueError(f"{path}: layers/{key}/vars should hold arrays named 0, 1, ..., found {sorted(variables)}")
+        datasets = [_child(h5py, variables, name, f"layers/{key}/vars") for name in names]
+        if not all(isinstance(dataset, h5py.Dataset) for dataset in datasets):
+            raise ValueError(f"{path}: layers/{key}/vars holds something other than arrays")
+        found[key] = datasets
+    return found
+
+
+def read_keras_weights(path) -> dict[str, list[numpy.ndarray]]:
+    """Every layer's variables in a Keras 3 .weights.h5 file: {key: [vars/0, vars/1, ...]} as NumPy
+    arrays, layers without variables included (with []). No model needed: a look inside the file."""
+    with _open(path) as file:
+        return {key: [dataset[()] for dataset in datasets]
+                for key, datasets in _layer_variables(file, os.fspath(path)).items()}
+
+
+def _mismatches(model, found):
+    """Every way the file's variables (h5py datasets by key) differ from the model's parameters."""
+    problems = []
+    expected_keys = set()
+    for layer, key in keras_keys(model):
+        expected_keys.add(key)
+        names = _variable_names(layer)
+        if key not in found:
+            if names:
+                problems.append(f"{_label(layer, key)}: not in the file (no group layers/{key})")
+            continue
+        datasets = found[key]
+        if len(datasets) != len(names):
+            problems.append(f"{_label(layer, key)}: the file holds {len(datasets)} arrays in layers/{key}/vars, "
+                            f"the model's layer has {len(names)} ({', '.join(names) or 'none'})")
+            continue
+        for i, (name, dataset) in enumerate(zip(names, datasets)):
+            param = layer.params[name]
+            where = f"layers/{key}/vars/{i}"
+            if tuple(dataset.shape) != tuple(param.shape):
+                problems.append(f"{_label(layer, key)}: {name} expected shape {tuple(param.shape)}, "
+                                f"found {tuple(dataset.shape)} ({where})")
+            elif numpy.dtype(dataset.dtype) != numpy.dtype(param.dtype):
+                problems.append(f"{_label(layer, key)}: {name} expected dtype {numpy.dtype(param.dtype)}, "
+                                f"found {numpy.dtype(dataset.dtype)} ({where})")
+    for key in sorted(set(found) - expected_keys):
+        if found[key]:
+            problems.append(f"layers/{key}: in the file with {len(found[key])} arrays, but the model has no "
+                            f"such layer (its layers: {', '.join(key for _, key in keras_keys(model))})")
+    return problems
+
+
+def load_keras_weights(model, path):
+    """Load the weights in a Keras 3 .weights.h5 file into ``model`` (a minialex Sequential); returns it.
+
+    Every layer is checked first (key, number of arrays, shape, dtype) and nothing is written into
+    the model unless all of them fit: a ValueError lists every mismatch. The optimiser's state that
+    Keras may have saved with the weights is ignored.
+    """
+    if not model.built:
+        model.build()
+    path = os.fspath(path)
+    with _open(path) as file:
+        found = _layer_variables(file, path)
+        problems = _mismatches(model, found)
+        if problems:
+            raise ValueError(f"{path} does not fit the model:\n  " + "\n  ".join(problems))
+        arrays = {key: [dataset[()] for dataset in datasets] for key, datasets in found.items()}
+    weights = []
+    for layer, key in keras_keys(model):
+        by_name = dict(zip(_variable_names(layer), arrays.get(key, [])))
+        weights += [by_name[name] for name in layer.params]     # set_weights takes params in the model's order
+    model.set_weights(weights)
+    return model
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def save_keras_weights(model, path):
+    """Write ``model``'s weights as Keras 3's ``model.save_weights`` does, for Keras's ``load_weights``.
+
+    ``path`` must end in '.weights.h5' (Keras reads no other name). The file appears complete or not
+    at all: it is written beside ``path`` under a temporary name, then renamed over it.
+    """
+    h5py = _h5py()
+    path = os.fspath(path)
+    if not path.endswith(SUFFIX):
+        raise ValueError(f"{path}: the name must end in '{SUFFIX}', the only name Keras 3's load_weights reads")
+    if not model.built:
+        raise ValueError("the model is not built yet: there are no weights to save")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save to {path}: folder {folder} does not exist")
+    layers = [(key, [backend.to_numpy(layer.params[name]) for name in _variable_names(layer)])
+              for layer, key in keras_keys(model)]
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with h5py.File(temporary, "w-") as file:
+            _write_layers(file, layers)
+            file.create_group("vars").attrs["name"] = model.name
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _write_layers(file, layers):
+    """layers/<key>/vars/<i> for every (key, arrays), each vars group named as Keras names it."""
+    group = file.create_group("layers")
+    for key, arrays in layers:
+        variables = group.create_group(key).create_group("vars")
+        variables.attrs["name"] = key
+        for i, array in enumerate(arrays):
+            variables.create_dataset(str(i), data=array)
+
+
+__all__ = ["H5pyMissing", "KERAS_CLASSES", "keras_keys", "load_keras_weights", "read_keras_weights",
+           "save_keras_weights"]
