@@ -2,7 +2,12 @@
 
 Tests that take the ``xp_backend`` fixture run once per backend: NumPy always, CuPy where it
 imports and a GPU answers (a clean skip elsewhere). ``pytest --backend cupy`` runs only the CuPy
-leg (and fails loudly if CuPy cannot run), ``--backend numpy`` only the NumPy one.
+leg (and fails loudly if CuPy cannot run): the tests that do not take ``xp_backend`` run on NumPy
+alone, so that choice deselects them. ``--backend numpy`` runs the NumPy leg and those tests.
+
+A test builds its layers inside itself, never at collection (in a parametrize list or at module
+level): a layer built once holds its parameters on the backend active then, and the other leg
+would meet them there.
 """
 import os
 from pathlib import Path
@@ -19,6 +24,22 @@ def pytest_generate_tests(metafunc):
         choice = metafunc.config.getoption("--backend")
         names = ["numpy", "cupy"] if choice == "all" else [choice]
         metafunc.parametrize("xp_backend", names, indirect=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``--backend cupy``, deselect this suite's tests that have no CuPy leg."""
+    if config.getoption("--backend") != "cupy":
+        return
+    here = Path(__file__).resolve().parent
+
+    def numpy_only(item):
+        in_suite = here in Path(str(item.fspath)).resolve().parents
+        return in_suite and "xp_backend" not in getattr(item, "fixturenames", ())
+
+    deselected = [item for item in items if numpy_only(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not numpy_only(item)]
 
 
 @pytest.fixture
