@@ -7,9 +7,12 @@ shares the weights but keeps its own per-call caches and gradients. The replicas
 summed into the model's, and the optimiser runs once. Inference spreads whole batches over the same
 threads. On a GPU none of this runs: one device queue does the work.
 
-Results equal the one-thread step's up to summation order: each shard divides its loss gradient by
-the whole batch's size, and draws exactly the dropout masks that the whole batch gives its rows
-(``RowSlicedGenerator``).
+The shard plan depends on the batch size only, never on the thread count: with 1, 2 or 4 threads
+the same shards run, each with a one-thread BLAS, and their gradients are summed in the same order,
+so a seeded run gives the same weights, bit for bit, whatever ``OMP_NUM_THREADS`` says (threads
+only decide which shards run side by side). Each shard divides its loss gradient by the whole
+batch's size and draws exactly the dropout masks that the whole batch gives its rows
+(``RowSlicedGenerator``), so the result is the unsharded step's up to summation order.
 
 Nothing above this module knows about threads: ``Sequential`` asks ``shard_plan`` how to cut a batch
 and hands it to ``sharded_step``, and evaluates through ``map_batches``.
@@ -25,7 +28,8 @@ import numpy
 from . import backend, flat, random
 from .layers import Layer
 
-MIN_SHARD_ROWS = 12     # fewer rows per thread and the hand-offs cost more than they save (tutorial net)
+MIN_SHARD_ROWS = 12     # fewer rows per shard and the hand-offs cost more than they save (tutorial net)
+SHARD_ROWS = 32         # above two shards, a batch gets one shard per SHARD_ROWS rows
 
 
 def blas_threads() -> int:
@@ -66,39 +70,51 @@ _pools: dict = {}
 # ---- the data-parallel training step ---------------------------------------------------------
 
 def shard_plan(n: int) -> list[slice]:
-    """Row slices of an n-sample batch: one per CPU thread, of at least MIN_SHARD_ROWS each."""
-    count = max(1, min(blas_threads(), n // MIN_SHARD_ROWS))
+    """Row slices of an n-sample batch, the same whatever the thread count: two shards, or one per
+    SHARD_ROWS rows for large batches, each of at least MIN_SHARD_ROWS rows (so a small batch stays
+    whole); one on a GPU, which runs the batch whole."""
+    if backend.get_backend() != "numpy":
+        return [slice(0, n)]
+    count = max(1, min(n // MIN_SHARD_ROWS, max(2, n // SHARD_ROWS)))
     bounds = [n * i // count for i in range(count + 1)]
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
 def sharded_step(model, x, y, shards):
-    """Forward and backward over one batch, shard by shard side by side; fills ``model``'s gradients.
+    """Forward and backward over one batch, shard by shard; fills ``model``'s gradients.
 
-    Shard 0 runs on the calling thread through the model itself, shard k on a pool thread through
-    replica k. Returns (mean loss, correct count) over the whole batch, as the model's own step does.
+    Shard 0 runs through the model itself, shard k through replica k. With T threads, thread t runs
+    shards t, t + T, t + 2T, ... (thread 0 is the calling one). Returns (mean loss, correct count)
+    over the whole batch, as the model's own step does.
     """
     n = x.shape[0]
     rng = random.get_rng()
     generators = [RowSlicedGenerator(rng, rows.start, rows.stop - rows.start, n) for rows in shards]
-    replicas = replicas_of(model, len(shards) - 1)
+    networks = [model] + replicas_of(model, len(shards) - 1)
 
-    def shard_step(network, rows, generator):
-        with random.using_rng(generator):
-            loss, correct = network.forward_loss(x[rows], y[rows])
-        network.backward(batch_size=n)
+    def shard_step(k):
+        rows = shards[k]
+        with random.using_rng(generators[k]):
+            loss, correct = networks[k].forward_loss(x[rows], y[rows])
+        networks[k].backward(batch_size=n)
         return loss * (rows.stop - rows.start), correct
 
-    pool = thread_pool(len(shards))
+    def run_shards(ks):
+        return [shard_step(k) for k in ks]
+
+    threads = min(len(shards), blas_threads())
+    turns = [range(t, len(shards), threads) for t in range(threads)]
     with single_threaded_blas():
-        futures = [pool.submit(shard_step, replica, rows, generator)
-                   for replica, rows, generator in zip(replicas, shards[1:], generators[1:])]
+        futures = [thread_pool(threads - 1).submit(run_shards, ks) for ks in turns[1:]] if threads > 1 else []
         try:
-            results = [shard_step(model, shards[0], generators[0])]
+            done = run_shards(turns[0])
         finally:
             wait(futures)       # no thread may still be running when BLAS gets its threads back
-    results += [future.result() for future in futures]
-    for replica in replicas:
+    results = [None] * len(shards)
+    for ks, shard_results in zip(turns, [done] + [future.result() for future in futures]):
+        for k, result in zip(ks, shard_results):
+            results[k] = result
+    for replica in networks[1:]:
         model.flat_gradients += replica.flat_gradients
     rng.position = generators[0].position      # past the whole batch's draws, as one thread leaves it
     return sum(loss for loss, _ in results) / n, sum(correct for _, correct in results)

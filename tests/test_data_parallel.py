@@ -1,8 +1,10 @@
-"""The data-parallel CPU training step (minialex.parallel): shards on threads give the one-thread step's results.
+"""The data-parallel CPU training step (minialex.parallel).
 
-The step uses as many shards as BLAS has threads, so each test sets the thread count itself
-(threadpoolctl): one thread for the plain step, two or three for the sharded one, whatever the
-machine's core count. The models are float64, so that what remains is summation order (~1e-15).
+A batch is cut into shards by its size alone; the thread count only decides which shards run side
+by side. So (1) the sharded step gives the unsharded step's results up to summation order, and
+(2) 1, 2 or 4 threads give the same numbers bit for bit. Each test sets the thread count itself
+(threadpoolctl), whatever the machine's core count. The models are float64 where results are
+compared to rounding, so that what remains is summation order (~1e-15).
 """
 import threading
 
@@ -16,16 +18,16 @@ from minialex.models import Sequential
 from minialex.parallel import MIN_SHARD_ROWS, RowSlicedGenerator, replicas_of, shard_plan
 
 
-def small_model(seed=3):
+def small_model(seed=3, dtype="float64"):
     random.set_seed(seed)
     model = Sequential([
-        Conv2D(4, 3, padding="same", activation="relu", input_shape=(8, 8, 1), dtype="float64"),
+        Conv2D(4, 3, padding="same", activation="relu", input_shape=(8, 8, 1), dtype=dtype),
         LocalResponseNorm(depth_radius=2, bias=1.0, alpha=2e-5, beta=0.75),
         MaxPool2D(2),
         Flatten(),
-        Dense(16, activation="relu", dtype="float64"),
+        Dense(16, activation="relu", dtype=dtype),
         Dropout(0.5),
-        Dense(10, activation="softmax", dtype="float64"),
+        Dense(10, activation="softmax", dtype=dtype),
     ])
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     return model
@@ -36,9 +38,9 @@ def batch(n, seed=0):
     return rng.random((n, 8, 8, 1)), np.eye(10)[rng.integers(0, 10, n)]
 
 
-def train(threads, steps, n):
+def train(threads, steps, n, dtype="float64"):
     """Train a fresh small model ``steps`` steps on batches of ``n`` with BLAS on ``threads`` threads."""
-    model = small_model()
+    model = small_model(dtype=dtype)
     results = []
     with threadpool_limits(threads, user_api="blas"):
         for step in range(steps):
@@ -46,45 +48,70 @@ def train(threads, steps, n):
     return model, results
 
 
-@pytest.mark.parametrize("threads, n", [(2, 32), (3, 41)])
-def test_sharded_step_matches_the_one_thread_step(threads, n):
-    plain, plain_results = train(1, steps=3, n=n)
+def train_unsharded(steps, n):
+    """The same steps without shards: forward_loss, backward and apply_gradients over whole batches."""
+    model = small_model()
+    results = []
+    for step in range(steps):
+        x, y = model.prepare_inputs(*batch(n, seed=step))
+        loss, correct = model.forward_loss(x, y)
+        model.backward()
+        model.apply_gradients()
+        results.append([float(loss), float(correct) / n])
+    return model, results
+
+
+@pytest.mark.parametrize("threads, n, shards", [(1, 32, 2), (2, 32, 2), (3, 41, 2), (2, 100, 3)])
+def test_sharded_step_matches_the_unsharded_step(threads, n, shards):
+    assert len(shard_plan(n)) == shards
+    plain, plain_results = train_unsharded(steps=3, n=n)
+    plain_rng = random.get_rng().get_state()
     sharded, sharded_results = train(threads, steps=3, n=n)
-    replicas = replicas_of(sharded, threads - 1)
+    assert random.get_rng().get_state() == plain_rng          # past the whole batches' draws
+    replicas = replicas_of(sharded, shards - 1)
     np.testing.assert_allclose(sharded_results, plain_results, rtol=1e-12)
     np.testing.assert_allclose(sharded.flat_gradients, plain.flat_gradients, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(sharded.flat_parameters, plain.flat_parameters, rtol=1e-10, atol=1e-14)
-    assert random.get_rng().position > 0
-    # the shards' dropout masks, put together, are the one-thread step's: same rows dropped
-    plain_mask = plain.layers[5]._mask
+    # the shards' dropout masks, put together, are the whole batch's: same rows dropped
     sharded_masks = [sharded.layers[5]._mask] + [replica.layers[5]._mask for replica in replicas]
-    np.testing.assert_array_equal(np.concatenate(sharded_masks), plain_mask)
+    np.testing.assert_array_equal(np.concatenate(sharded_masks), plain.layers[5]._mask)
 
 
-def test_sharded_fit_matches_the_one_thread_fit():
-    x, y = batch(96, seed=7)
-    histories = []
-    for threads in (1, 2):
-        model = small_model()
-        with threadpool_limits(threads, user_api="blas"):
-            history = model.fit(x, y, epochs=2, batch_size=32, validation_split=0.25, verbose=0)
-        histories.append((history.history, model.get_weights(), random.get_rng().get_state()))
-    (one, weights_one, rng_one), (two, weights_two, rng_two) = histories
-    assert one.keys() == two.keys()
-    for key in one:
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-10)
-    for a, b in zip(weights_one, weights_two):
-        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-14)
-    assert rng_one == rng_two
+@pytest.mark.parametrize("n", [64, 100])
+def test_the_thread_count_changes_no_bit(n):
+    runs = [train(threads, steps=3, n=n, dtype="float32") for threads in (1, 2, 4)]
+    for model, results in runs[1:]:
+        assert results == runs[0][1]
+        assert np.array_equal(model.flat_parameters, runs[0][0].flat_parameters)
 
 
-def test_shards_cover_the_batch_and_small_batches_stay_whole():
-    model = small_model()
-    with threadpool_limits(2, user_api="blas"):
+def test_fit_and_a_resume_on_another_thread_count_change_no_bit(tmp_path):
+    x, y = batch(160, seed=7)
+    x, y = x.astype("float32"), y.astype("float32")
+    finals = []
+    for first, second in ((1, 1), (2, 2), (2, 1), (1, 4)):
+        model = small_model(dtype="float32")
+        checkpoint = tmp_path / f"run-{first}-{second}.npz"
+        with threadpool_limits(first, user_api="blas"):
+            model.fit(x, y, epochs=1, batch_size=64, validation_split=0.25, verbose=0, checkpoint=checkpoint)
+        model = small_model(dtype="float32")
+        with threadpool_limits(second, user_api="blas"):
+            history = model.fit(x, y, epochs=2, batch_size=64, validation_split=0.25, verbose=0,
+                                resume_from=checkpoint)
+        finals.append((history.history, model.get_weights(), random.get_rng().get_state()))
+    for history, weights, rng in finals[1:]:
+        assert history == finals[0][0] and rng == finals[0][2]
+        assert all(np.array_equal(a, b) for a, b in zip(weights, finals[0][1]))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_the_shard_plan_depends_on_the_batch_size_only(threads):
+    with threadpool_limits(threads, user_api="blas"):
         assert shard_plan(33) == [slice(0, 16), slice(16, 33)]
         assert shard_plan(2 * MIN_SHARD_ROWS - 1) == [slice(0, 2 * MIN_SHARD_ROWS - 1)]
-    with threadpool_limits(1, user_api="blas"):
-        assert shard_plan(64) == [slice(0, 64)]
+        assert shard_plan(64) == [slice(0, 32), slice(32, 64)]
+        assert shard_plan(128) == [slice(0, 32), slice(32, 64), slice(64, 96), slice(96, 128)]
+        assert shard_plan(1) == [slice(0, 1)]
 
 
 def test_replicas_share_the_weights_and_follow_a_rebuild():
