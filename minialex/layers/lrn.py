@@ -46,7 +46,7 @@ def band_matrix(channels, depth_radius, dtype, xp):
 
 
 def power(den, beta):
-    """den ** beta. The general power is slow (~10 ns an element on a CPU), so the common exponents
+    """den ** beta. The general power is costly (an exp and a log per element), so the common exponents
     take square roots instead: den^0.75 = sqrt(den * sqrt(den)), den^0.5 = sqrt(den)."""
     xp = backend.get_array_module(den)
     if beta == 0.75:
