@@ -79,7 +79,7 @@ def _snake_case(name):
 
 
 def keras_keys(model):
-    """[(layer, key)] for every layer of ``model``: the group ``layers/<key>`` Keras gives its twin."""
+    """[(layer, key)] for every layer of ``model``: the group ``layers/<key>`` Keras gives the same layer."""
     counts: dict[str, int] = {}
     keys = []
     for layer in model.layers:
