@@ -20,7 +20,9 @@ few public methods, and nothing else:
 """
 from __future__ import annotations
 
-from . import backend, flat, parallel
+import math
+
+from . import backend, checks, flat, parallel
 from .layers import Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D, Softmax
 from .losses import SoftmaxCrossEntropy
 from .optimizers import get_optimizer
@@ -196,37 +198,67 @@ class Sequential:
         """One optimiser step over the flat parameter and gradient buffers."""
         self.optimizer.apply([self.flat_parameters], [self.flat_gradients])
 
-    def prepare_inputs(self, x, y=None):
-        """Check and move (x, y) to the active backend in the model's dtype."""
+    def prepare_inputs(self, x, y=None, names=("x", "y"), check_values=True):
+        """Check and move (x, y) to the active backend in the model's dtype.
+
+        Refuses what cannot be right, naming the array (``names``) and the problem: strings, booleans,
+        complex numbers, a wrong shape and, with ``check_values``, NaN or infinity and targets that
+        are not one-hot rows (a pass over the data: one read-back each). Integer images above 1
+        (pixels not divided by 255) pass with a one-time warning.
+        """
+        x = checks.array_kind(names[0], x)
+        if x.ndim < 1:
+            raise ValueError(f"{names[0]} must be an array of samples, got a scalar")
         if not self.built:
             self.build(tuple(x.shape[1:]))
         x = backend.to_device(x, dtype=self.dtype)
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"the model expects inputs of shape (batch,) + {self.input_shape}, got {tuple(x.shape)}")
+            raise ValueError(f"{names[0]}: the model expects inputs of shape (batch,) + {self.input_shape}, "
+                             f"got {tuple(x.shape)}")
+        if check_values:
+            checks.finite(names[0], x)
         if y is None:
             return x
-        y = backend.to_device(y, dtype=self.dtype)
+        y = backend.to_device(checks.array_kind(names[1], y), dtype=self.dtype)
         if y.ndim != 2 or y.shape != (x.shape[0],) + tuple(self.output_shape):
-            raise ValueError(f"targets must be one-hot of shape ({x.shape[0]}, {self.output_shape[0]}), got "
-                             f"{tuple(y.shape)}; convert labels with minialex.data.to_categorical")
+            raise ValueError(f"{names[1]} must be one-hot targets of shape ({x.shape[0]}, {self.output_shape[0]}), "
+                             f"got {tuple(y.shape)}; convert labels with minialex.data.to_categorical")
+        if check_values:
+            checks.finite(names[1], y)
+            checks.targets(names[1], y)
         return x, y
 
     def train_on_batch(self, x, y):
-        """One training step on one batch: returns [loss, accuracy] as Python floats."""
+        """One training step on one batch: returns [loss, accuracy] as Python floats.
+
+        A non-finite loss changes nothing: it raises a ValueError naming the bad input when x or y
+        holds NaN or infinity (the values are checked only then: this is the per-step call, kept
+        lean), else ``NonFiniteLossError``; either way the weights stay as they were.
+        """
         self.ensure_compiled()
-        x, y = self.prepare_inputs(x, y)
+        x, y = self.prepare_inputs(x, y, check_values=False)
+        if x.shape[0] == 0:
+            raise ValueError("train_on_batch needs at least one sample")
         loss, correct = self.train_step(x, y)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            from .training import NonFiniteLossError
+
+            checks.finite("x", x)
+            checks.finite("y", y)
+            raise NonFiniteLossError(f"the loss on this batch is {loss}; the weights were not updated (they are "
+                                     f"those from before this call). Try a lower learning rate.")
         self.apply_gradients()
-        return [float(loss), float(correct) / x.shape[0]]
+        return [loss, float(correct) / x.shape[0]]
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
-            verbose=1, checkpoint=None, resume_from=None):
+            verbose=1, checkpoint=None, resume_from=None, overwrite=False, settings=None):
         """Train as Keras does; see ``minialex.training.fit``. Returns a History."""
         from .training import fit
 
         return fit(self, x, y, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                    validation_data=validation_data, shuffle=shuffle, verbose=verbose,
-                   checkpoint=checkpoint, resume_from=resume_from)
+                   checkpoint=checkpoint, resume_from=resume_from, overwrite=overwrite, settings=settings)
 
     def evaluate_sums(self, x, y, batch_size):
         """Summed loss and correct count over (x, y) already on the device; both stay there."""
@@ -251,7 +283,7 @@ class Sequential:
 
     def predict(self, x, batch_size=32):
         """The model's outputs (softmax probabilities for the tutorial net) as a NumPy array."""
-        x = self.prepare_inputs(x)
+        x = self.prepare_inputs(x, check_values=False)     # NaN in, NaN out: predict reports, it does not judge
         batch_size = _check_batch_size(batch_size)
         xp = backend.get_array_module(x)
         outputs = parallel.map_batches(lambda batch: self._forward(x[batch]), x.shape[0], batch_size)
@@ -273,17 +305,27 @@ class Sequential:
             raise ValueError(f"expected {len(items)} weight arrays, got {len(weights)}")
         self.assign_weights({name: w for (name, _), w in zip(items, weights)})
 
-    def assign_weights(self, arrays):
-        """Copy {'layer_name/param': array} into the weights; names and shapes are checked first."""
+    def check_weights(self, arrays):
+        """Raise a ValueError unless {'layer_name/param': array} fits the model: names, shapes, real finite numbers."""
         items = dict(self.weight_items())
         missing = sorted(set(items) - set(arrays))
         extra = sorted(set(arrays) - set(items))
         if missing or extra:
             raise ValueError(f"weights do not match the model: missing {missing}, unexpected {extra}")
         for name, param in items.items():
-            if tuple(arrays[name].shape) != tuple(param.shape):
-                raise ValueError(f"weight {name}: expected shape {tuple(param.shape)}, got {tuple(arrays[name].shape)}")
-        for name, param in items.items():
+            array = arrays[name]
+            if not hasattr(array, "dtype") or not hasattr(array, "shape"):
+                raise ValueError(f"weight {name}: expected an array, got {type(array).__name__}")
+            if tuple(array.shape) != tuple(param.shape):
+                raise ValueError(f"weight {name}: expected shape {tuple(param.shape)}, got {tuple(array.shape)}")
+            if array.dtype.kind not in "iuf":
+                raise ValueError(f"weight {name}: expected numbers, got dtype {array.dtype}")
+            checks.finite(f"weight {name}", array.reshape(1, -1))
+
+    def assign_weights(self, arrays):
+        """Copy {'layer_name/param': array} into the weights; everything is checked before anything is written."""
+        self.check_weights(arrays)
+        for name, param in self.weight_items():
             param[...] = backend.get_array_module(param).asarray(arrays[name], dtype=param.dtype)
 
     def save_weights(self, path):
@@ -301,9 +343,7 @@ class Sequential:
 
 
 def _check_batch_size(batch_size):
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return batch_size
+    return checks.positive_int("batch_size", batch_size)
 
 
 def alexnet_mnist(input_shape=(32, 32, 1), num_classes=10, dtype="float32"):

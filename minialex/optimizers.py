@@ -46,7 +46,31 @@ class Optimizer:
             state.update({f"{name}/{i}": a.copy() for i, a in enumerate(arrays)})
         return state
 
-    def set_state(self, state: dict) -> None:
+    def check_state(self, state: dict, params=None) -> None:
+        """Raise a ValueError unless ``state`` is one of this optimiser's (matching ``params``' shapes if given)."""
+        iterations = state.get("iterations")
+        if isinstance(iterations, bool) or not hasattr(iterations, "__index__") or iterations < 0:
+            raise ValueError(f"optimizer state: iterations must be a non-negative int, got {iterations!r}")
+        names = {key.split("/")[0] for key in state if key != "iterations"}
+        if names - set(self.slot_names):
+            raise ValueError(f"optimizer state: slots {sorted(names - set(self.slot_names))} do not belong to "
+                             f"{type(self).__name__} (slots: {list(self.slot_names)})")
+        counts = {name: sum(1 for key in state if key.startswith(name + "/")) for name in self.slot_names}
+        for name, count in counts.items():
+            expected = len(params) if params is not None and (count or iterations) else count
+            if count != expected or any(f"{name}/{i}" not in state for i in range(count)):
+                raise ValueError(f"optimizer state: slot {name!r} holds {count} arrays, expected {expected}")
+            for i in range(count):
+                shape = tuple(getattr(state[f"{name}/{i}"], "shape", ()))
+                if getattr(getattr(state[f"{name}/{i}"], "dtype", None), "kind", None) != "f":
+                    raise ValueError(f"optimizer state: {name}/{i} is not an array of floats")
+                if params is not None and shape != tuple(params[i].shape):
+                    raise ValueError(f"optimizer state: {name}/{i} has shape {shape}, the parameters "
+                                     f"{tuple(params[i].shape)}")
+
+    def set_state(self, state: dict, params=None) -> None:
+        """Restore ``get_state()``'s dict; it is checked (against ``params``, if given) before anything changes."""
+        self.check_state(state, params)
         self.iterations = int(state["iterations"])
         for name in self.slot_names:
             count = sum(1 for key in state if key.startswith(name + "/"))

@@ -2,31 +2,108 @@
 
 A file is first written beside its destination under a temporary name and renamed over it only
 once complete, so a crash or a full disk never leaves a half-written weights file or checkpoint.
+
+A temporary file's name says who wrote it: ``.<name>.<host>.<pid>-<random>.tmp`` (downloads use
+``.part``). An interrupted write removes its own; one that a kill -9 or a power cut left behind is
+removed by the next write or load of the same destination, once its writer is known to be gone (its
+process no longer runs on this host; from another host, or on Windows: untouched for
+``STALE_SECONDS``).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import sys
+import time
 import uuid
 import zipfile
 
 import numpy
 
 META_KEY = "__meta__"
+STALE_SECONDS = 600   # a temporary file from another host untouched this long is a dead writer's
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def temporary_path(path, suffix=".tmp") -> str:
+    """A fresh temporary name beside ``path``: hidden, and naming this host and process."""
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{_HOST}.{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}")
+
+
+def remove_stale_temporaries(path, suffix=".tmp", legacy=None) -> list[str]:
+    """Remove the temporary files of ``path`` that writers now gone left behind; return their paths.
+
+    ``legacy``: a regular expression for names older versions used (removed once ``STALE_SECONDS`` old).
+    """
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    pattern = re.compile(rf"\.{re.escape(name)}\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)-[0-9a-f]+{re.escape(suffix)}")
+    old = re.compile(legacy) if legacy else None
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        if match is None and not (old and old.fullmatch(entry)):
+            continue
+        full = os.path.join(folder, entry)
+        try:
+            if match is not None and match["host"] == _HOST and sys.platform != "win32":
+                stale = not _running(int(match["pid"]))
+            else:
+                stale = time.time() - os.stat(full).st_mtime > STALE_SECONDS
+            if stale:
+                os.unlink(full)
+                removed.append(full)
+        except OSError:
+            continue   # gone already, or not ours to remove
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:      # PermissionError: it runs, as another user
+        return True
+    return True
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+LEGACY_TMP = r"\.{name}\.[0-9a-f]{{32}}\.tmp"   # before the names said who wrote them
+
+
+def check_destination(path, what="save") -> str:
+    """Raise a clear error unless ``path`` can be written: its folder exists and is writable, it is no folder."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot {what} to {path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot {what} to {path}: it is a folder; name a file inside it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot {what} to {path}: folder {folder} is not writable")
+    return path
 
 
 def save_npz(path, arrays: dict, meta: dict | None = None) -> None:
     """Write ``arrays`` (name -> array on any backend) and optional JSON ``meta`` to ``path`` atomically."""
     from .backend import to_numpy
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save to {path}: folder {folder} does not exist")
+    path = check_destination(path)
+    _clean(path)
     payload = {name: to_numpy(array) for name, array in arrays.items()}
     if meta is not None:
         payload[META_KEY] = numpy.array(json.dumps(meta))
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    temporary = temporary_path(path)
     try:
         with open(temporary, "xb") as file:
             numpy.savez(file, **payload)
@@ -42,12 +119,32 @@ def save_npz(path, arrays: dict, meta: dict | None = None) -> None:
 def load_npz(path) -> tuple[dict, dict | None]:
     """Read a file written by ``save_npz``: (name -> NumPy array, meta or None)."""
     path = os.fspath(path)
+    _clean(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder, not a .npz file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as file:
+            kind = "a .npy file (one array)" if file.read(len(NPY_MAGIC)) == NPY_MAGIC else "not a zip archive"
+        raise ValueError(f"{path} is not a readable .npz file ({kind})")
     try:
         with numpy.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise ValueError(f"{path} is not a readable .npz file ({exc})") from None
     meta = arrays.pop(META_KEY, None)
-    return arrays, (json.loads(str(meta)) if meta is not None else None)
+    if meta is None:
+        return arrays, None
+    try:
+        meta = json.loads(str(meta))
+    except ValueError as exc:
+        raise ValueError(f"{path} has unreadable metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} has unreadable metadata (not a JSON object)")
+    return arrays, meta
+
+
+def _clean(path):
+    name = re.escape(os.path.basename(os.path.abspath(path)))
+    remove_stale_temporaries(path, ".tmp", legacy=LEGACY_TMP.format(name=name))

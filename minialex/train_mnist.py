@@ -7,12 +7,17 @@ It prints what the notebook prints (the arrays' shapes, the model, each epoch, `
 weights before and after training and the history in DIR and draws the run's pictures there
 (``minialex.viz``; ``python -m minialex.viz DIR`` redraws them later). Problems a user can fix (no
 dataset and no network, a bad path, a backend this machine cannot run, no matplotlib for
-``--plots``) end with one line on stderr and exit status 2.
+``--plots``) end with one line on stderr and exit status 2, found before any work where they can
+be. ``--save`` never replaces an existing file unless it is the run resumed or ``--overwrite`` says
+so, and ``--resume`` refuses flags that contradict the checkpoint's run. SIGTERM is handled like
+Ctrl-C: temporary files removed, the last complete checkpoint kept, exit status 143.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,9 +25,21 @@ from . import backend, random, viz
 from .data import DatasetUnavailableError, load_fashion_mnist, load_mnist, preprocess_images, to_categorical
 from .models import alexnet_mnist
 from .optimizers import Adam
-from .training import NonFiniteLossError
+from .training import (CheckpointExistsError, CheckpointMismatchError, NonFiniteLossError,
+                       check_checkpoint_destination, read_checkpoint)
 
 LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
+# A checkpoint's settings, as the flags that set them (what fit records under other names, too).
+FLAGS = {"dataset": "--dataset", "limit": "--limit", "seed": "--seed", "batch_size": "--batch-size",
+         "validation_split": "--validation-split", "learning_rate": "--learning-rate",
+         "training_samples": "--limit", "validation_samples": "--validation-split",
+         "data": "--dataset / --data-dir (the training images differ)",
+         "validation_data": "--dataset / --data-dir (the validation images differ)"}
+EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``timeout``, a scheduler, ``docker stop``): unwound like Ctrl-C."""
 
 
 def build_parser():
@@ -41,19 +58,66 @@ def build_parser():
     parser.add_argument("--save", default=None, metavar="PATH",
                         help="write a checkpoint (weights, optimiser, history) after every epoch")
     parser.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in PATH")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --save replace an existing file (by default it refuses to)")
     parser.add_argument("--plots", default=None, metavar="DIR",
                         help="keep the initial and final weights and the history in DIR and draw the run's "
                              "pictures there (needs matplotlib: pip install 'minialex[viz]')")
     return parser
 
 
-def run(args) -> dict:
-    """Do the whole run; returns its results (history, test loss and accuracy, seconds)."""
+def run_settings(args) -> dict:
+    """The flags that define a run beyond what ``fit`` records itself."""
+    return {"dataset": args.dataset, "limit": args.limit, "seed": args.seed}
+
+
+def describe_differences(path, differences) -> str:
+    listed = "; ".join(f"{FLAGS.get(name, name)}: {_shown(saved)} in the checkpoint, {_shown(now)} now"
+                       for name, saved, now in differences)
+    return (f"--resume {path} was saved by a run with other settings ({listed}); resume with the same flags, "
+            f"or start a new run with another --save path")
+
+
+def _shown(value):
+    return "not given" if value is None else repr(value)
+
+
+def check_arguments(args):
+    """Everything that can be checked before any data are read: numbers, paths, the checkpoint's settings."""
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if args.limit is not None and args.limit < 1:
         raise ValueError("--limit must be at least 1")
+    if not 0.0 <= args.validation_split < 1.0:
+        raise ValueError(f"--validation-split must be in [0, 1), got {args.validation_split}")
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning-rate must be positive, got {args.learning_rate}")
+    if args.save:
+        try:
+            check_checkpoint_destination(args.save, args.resume, args.overwrite)
+        except CheckpointExistsError as exc:
+            raise CheckpointExistsError(f"--save {args.save}: {exc.held} is there already; resume it with --resume "
+                                        f"{args.save}, choose another --save path, or pass --overwrite to "
+                                        f"replace it") from None
+    if args.resume:
+        _, meta = read_checkpoint(args.resume)
+        saved, now = meta.get("settings", {}), dict(run_settings(args), batch_size=args.batch_size,
+                                                    validation_split=args.validation_split,
+                                                    learning_rate=args.learning_rate)
+        differences = [(name, saved[name], value) for name, value in now.items()
+                       if name in saved and saved[name] != value]
+        if differences:
+            raise ValueError(describe_differences(args.resume, differences))
+        if not args.save:
+            check_checkpoint_destination(args.resume, args.resume)   # it is written again after each epoch
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise NotADirectoryError(f"--plots {args.plots} is a file, not a folder")
+
+
+def run(args) -> dict:
+    """Do the whole run; returns its results (history, test loss and accuracy, seconds)."""
+    check_arguments(args)
     backend.set_backend(args.backend)
     random.set_seed(args.seed)
 
@@ -77,9 +141,12 @@ def run(args) -> dict:
 
     # 6. Training.
     start = time.perf_counter()
-    history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_split=args.validation_split, checkpoint=args.save or args.resume,
-                        resume_from=args.resume)
+    try:
+        history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                            validation_split=args.validation_split, checkpoint=args.save or args.resume,
+                            resume_from=args.resume, overwrite=args.overwrite, settings=run_settings(args))
+    except CheckpointMismatchError as exc:
+        raise ValueError(describe_differences(exc.path, exc.differences)) from None
     seconds = time.perf_counter() - start
     print(f"Running time: {seconds:.2f} seconds")
 
@@ -97,20 +164,52 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
+    """Run from the command line: 0 when done, 2 for a problem the user can fix (one line on stderr),
+    130 after Ctrl-C and 143 after SIGTERM (temporary files removed, the last complete checkpoint kept)."""
     args = build_parser().parse_args(argv)
+    kept = f"; the last complete checkpoint is in {args.save or args.resume}" if args.save or args.resume else ""
     try:
-        run(args)
-    except (backend.BackendError, DatasetUnavailableError, FileNotFoundError, NonFiniteLossError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        with sigterm_unwinds():
+            run(args)
+    except (backend.BackendError, DatasetUnavailableError, NonFiniteLossError, OSError, ValueError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except viz.MatplotlibMissing as exc:
         print(f"error: no pictures drawn: {exc} (the weights and history are saved in {args.plots}; "
               f"draw them later with python -m minialex.viz {args.plots})", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"interrupted{kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"terminated (SIGTERM){kept}", file=sys.stderr)
+        return EXIT_TERMINATED
     return 0
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class sigterm_unwinds:
+    """Within the block, SIGTERM raises ``Terminated`` in the main thread, so that it unwinds as Ctrl-C
+    does (``finally`` blocks remove temporary files); a second SIGTERM is ignored while that happens."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    def __exit__(self, *exc_info):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
 
 
 if __name__ == "__main__":

@@ -13,14 +13,17 @@ the end of the epoch, so a GPU never waits on the host inside the loop.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 
-from . import backend, random
-from .serialization import load_npz, save_npz
+from . import backend, checks, random
+from .serialization import check_destination, load_npz, save_npz
 
 REFRESH_SECONDS = 0.5
+SNAPSHOT_SECONDS = 0.5   # the non-finite guard's copy of good weights is at most this old (plus one step)
 CHECKPOINT_FORMAT = "minialex-checkpoint"
+CHECKPOINT_VERSION = 2
 
 
 class History:
@@ -42,56 +45,85 @@ class History:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stopped with the last good weights kept."""
+    """The loss became NaN or infinite; training stopped with the last good weights kept.
+
+    ``history``: the History of the epochs completed before it happened (set by ``fit``).
+    """
+
+    history = None
 
 
 class NonFiniteGuard:
-    """Stops ``fit`` at the first non-finite loss and keeps the last good weights.
+    """Stops ``fit`` at the first non-finite loss and puts back the last weights known to be good.
 
-    On NumPy, reading a loss costs nothing, so each step's loss is checked before its update: the
-    weights left behind are exactly those before the bad step. On a GPU that read would stall every
-    step, so each loss is written into a device array and checked at each progress refresh; then
-    the weights and optimiser state roll back to the copy taken at the previous check.
+    Weights are *good* once a forward pass through them gave a finite loss. The guard keeps a copy
+    of good weights, with the optimiser's state, renewed at most every ``SNAPSHOT_SECONDS`` and at
+    each epoch's end. So a loss that turns NaN or infinite -- on this step, or because an earlier
+    update made the weights so large that the forward pass overflows -- leaves the model with that
+    copy, never with weights whose predictions are NaN.
+
+    On NumPy each step's loss is read before its update (reading costs nothing). On a GPU that read
+    would stall every step, so each loss is written into a device array and checked at each
+    progress refresh; a copy taken there is of weights not tried yet, so it becomes the good copy
+    only once the next step's loss is known to be finite.
     """
 
-    def __init__(self, model, epoch, steps):
-        self.model, self.epoch = model, epoch
+    def __init__(self, model, steps):
+        self.model, self.epoch, self.checked = model, 0, 0
         self.deferred = backend.get_backend() != "numpy"
-        self.checked = 0
+        self.good = self._snapshot("those fit started from")
+        self.pending = None
         if self.deferred:
             xp = backend.xp()
             self.losses = xp.zeros(steps, dtype=xp.float32)
-            self._snapshot()
 
-    def _snapshot(self):
-        self.saved = (self.model.flat_parameters.copy(), self.model.optimizer.get_state())
+    def start_epoch(self, epoch):
+        self.epoch, self.checked = epoch, 0
 
-    def _fail(self, step, detail):
-        raise NonFiniteLossError(f"the loss became non-finite at epoch {self.epoch + 1}, step {step + 1}; "
-                                 f"training stopped, {detail}. Try a lower learning rate.")
+    def _snapshot(self, label):
+        self.taken = time.perf_counter()
+        return self.model.flat_parameters.copy(), self.model.optimizer.get_state(), label
+
+    def _fail(self, what, snapshot):
+        params, state, label = snapshot
+        self.model.flat_parameters[...] = params
+        self.model.optimizer.set_state(state)
+        raise NonFiniteLossError(f"the {what} became non-finite; training stopped and the weights were restored "
+                                 f"to {label} (the last known to give a finite loss). Try a lower learning rate.")
+
+    def _where(self, step):
+        return f"epoch {self.epoch + 1}, step {step + 1}"
 
     def before_update(self, step, loss):
         """Called after each step's forward and backward passes, before its update."""
         if self.deferred:
             self.losses[step:step + 1] = loss       # a copy on the device, not a read-back
-        elif not math.isfinite(float(loss)):
-            self._fail(step, "the weights are those from before this step")
+            return
+        if not math.isfinite(float(loss)):
+            self._fail(f"loss at {self._where(step)}", self.good)
+        if time.perf_counter() - self.taken >= SNAPSHOT_SECONDS:
+            self.good = self._snapshot(f"those before {self._where(step)}")
 
     def check(self, step):
         """Called when the host reads results anyway: checks steps up to ``step`` on a GPU."""
         if not self.deferred or step < self.checked:
             return
         xp = backend.get_array_module(self.losses)
-        window = self.losses[self.checked:step + 1]
-        bad = ~xp.isfinite(window)
+        bad = ~xp.isfinite(self.losses[self.checked:step + 1])
         if bool(bad.any()):
             first = self.checked + int(bad.argmax())
-            params, state = self.saved
-            self.model.flat_parameters[...] = params
-            self.model.optimizer.set_state(state)
-            self._fail(first, f"the weights were restored to those after step {self.checked}")
+            proven = self.pending if self.pending is not None and first > self.checked else self.good
+            self._fail(f"loss at {self._where(first)}", proven)
+        if self.pending is not None:
+            self.good = self.pending                # the step after it gave a finite loss
         self.checked = step + 1
-        self._snapshot()
+        self.pending = self._snapshot(f"those before {self._where(step + 1)}")
+
+    def end_epoch(self, loss, what):
+        """After the epoch's updates: ``loss`` is a forward pass through the final weights (``what`` says which)."""
+        if not math.isfinite(loss):
+            self._fail(f"{what} after epoch {self.epoch + 1}", self.good)
+        self.good, self.pending = self._snapshot(f"those at the end of epoch {self.epoch + 1}"), None
 
 
 class Progress:
@@ -131,8 +163,6 @@ def _split(x, y, validation_split, validation_data):
     """Keras's hold-out: the last ``validation_split`` of the samples, taken before shuffling."""
     if validation_data is not None:
         return x, y, validation_data[0], validation_data[1]
-    if not 0.0 <= validation_split < 1.0:
-        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
     if validation_split == 0.0:
         return x, y, None, None
     split_at = int(math.floor(x.shape[0] * (1.0 - validation_split)))
@@ -142,88 +172,254 @@ def _split(x, y, validation_split, validation_data):
     return x[:split_at], y[:split_at], x[split_at:], y[split_at:]
 
 
-def save_checkpoint(path, model, epochs_done, history):
-    """Weights, optimiser state, epochs done, RNG state and history, written atomically."""
+# ---- checkpoints -------------------------------------------------------------------------------
+
+class CheckpointExistsError(FileExistsError):
+    """``checkpoint=`` names a file that exists, and this run neither resumes it nor may overwrite it.
+
+    ``held``: what the file holds, in words.
+    """
+
+    held = "a file"
+
+
+class CheckpointMismatchError(ValueError):
+    """``resume_from`` names a checkpoint whose run had other settings; ``differences``: [(setting, saved, now)]."""
+
+    def __init__(self, path, differences):
+        self.path, self.differences = path, differences
+        listed = "; ".join(f"{name}: the checkpoint's run had {saved!r}, this one has {now!r}"
+                           for name, saved, now in differences)
+        super().__init__(f"{path} was saved by a run with other settings ({listed}); resume it with its own "
+                         f"settings, or start a new run with another checkpoint path")
+
+
+def run_settings(model, x, y, x_val, y_val, batch_size, shuffle, validation_split, extra=None):
+    """What defines a run, as a checkpoint records it: a resumed run must match it."""
+    settings = {"batch_size": batch_size, "shuffle": shuffle, "training_samples": int(x.shape[0]),
+                "data": _fingerprint(x, y), "input_shape": list(model.input_shape),
+                "validation_split": validation_split,
+                "validation_samples": 0 if x_val is None else int(x_val.shape[0]),
+                "validation_data": None if x_val is None else _fingerprint(x_val, y_val),
+                "optimizer": type(model.optimizer).__name__}
+    settings.update({key: value for key, value in vars(model.optimizer).items()
+                     if not key.startswith("_") and key != "iterations" and isinstance(value, (int, float))})
+    settings.update(extra or {})
+    return settings
+
+
+def _fingerprint(x, y, rows=16):
+    """A short digest of up to ``rows`` evenly spaced samples and their targets: another data set shows."""
+    import hashlib
+
+    import numpy
+
+    index = backend.to_device(numpy.unique(numpy.linspace(0, x.shape[0] - 1, min(rows, x.shape[0])).astype(numpy.int64)))
+    xp = backend.get_array_module(x)
+    picked = xp.concatenate([x[index].reshape(-1), y[index].reshape(-1)])   # one read-back
+    return hashlib.sha256(numpy.ascontiguousarray(backend.to_numpy(picked)).tobytes()).hexdigest()[:16]
+
+
+def _settings_differences(saved, now):
+    return [(key, saved[key], now[key]) for key in now if key in saved and saved[key] != now[key]]
+
+
+def save_checkpoint(path, model, epochs_done, history, settings=None):
+    """Weights, optimiser state, epochs done, RNG state, history and the run's settings, written atomically."""
     arrays = {f"weights/{name}": p for name, p in model.weight_items()}
     state = model.optimizer.get_state()
     arrays.update({f"optimizer/{k}": v for k, v in state.items() if k != "iterations"})
-    meta = {"format": CHECKPOINT_FORMAT, "version": 1, "epoch": epochs_done,
+    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epochs_done,
             "optimizer": type(model.optimizer).__name__, "iterations": state["iterations"],
-            "rng": random.get_rng().get_state(), "history": history.history}
+            "rng": random.get_rng().get_state(), "history": history.history, "settings": settings or {}}
     save_npz(path, arrays, meta)
 
 
-def load_checkpoint(path, model):
-    """Restore a checkpoint into a compiled model and the run's generator; returns (epochs done, History)."""
+def read_checkpoint(path):
+    """(arrays, meta) of a checkpoint file, its metadata checked; ValueError naming what is wrong."""
     arrays, meta = load_npz(path)
     if not meta or meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a minialex checkpoint (a weights file goes to load_weights)")
+    if meta.get("version") not in (1, CHECKPOINT_VERSION):
+        raise ValueError(f"{path} is a checkpoint of version {meta.get('version')!r}; this minialex reads "
+                         f"versions 1 to {CHECKPOINT_VERSION}")
+    problems = []
+    if not _count(meta.get("epoch")):
+        problems.append(f"epoch {meta.get('epoch')!r}")
+    if not _count(meta.get("iterations")):
+        problems.append(f"iterations {meta.get('iterations')!r}")
+    rng = meta.get("rng")
+    if not (isinstance(rng, dict) and _count(rng.get("seed")) and _count(rng.get("position"))):
+        problems.append(f"generator state {rng!r}")
+    history = meta.get("history")
+    if not (isinstance(history, dict) and all(
+            isinstance(v, list) and len(v) == meta.get("epoch") and all(isinstance(e, (int, float)) for e in v)
+            for v in history.values())):
+        problems.append("history (not one number per epoch done)")
+    if not isinstance(meta.get("settings", {}), dict) or not isinstance(meta.get("optimizer"), str):
+        problems.append("settings")
+    if problems:
+        raise ValueError(f"{path} is a damaged checkpoint: bad {', '.join(problems)}")
+    return arrays, meta
+
+
+def _count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def load_checkpoint(path, model, settings=None):
+    """Restore a checkpoint into a compiled model and the run's generator; returns (epochs done, History).
+
+    Everything in the file is checked -- metadata, every weight, the optimiser's state, and (given
+    ``settings``, as ``run_settings`` makes them) that it comes from a run with the same settings --
+    before anything is written into the model, the optimiser or the generator.
+    """
+    arrays, meta = read_checkpoint(path)
     if meta["optimizer"] != type(model.optimizer).__name__:
         raise ValueError(f"{path} was saved with {meta['optimizer']}, the model is compiled with "
                          f"{type(model.optimizer).__name__}")
-    model.assign_weights({k[len("weights/"):]: v for k, v in arrays.items() if k.startswith("weights/")})
+    if settings is not None:
+        differences = _settings_differences(meta.get("settings", {}), settings)
+        if differences:
+            raise CheckpointMismatchError(path, differences)
+    weights = {k[len("weights/"):]: v for k, v in arrays.items() if k.startswith("weights/")}
     state = {k[len("optimizer/"):]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-    state["iterations"] = meta["iterations"]
-    model.optimizer.set_state(state)
+    unknown = sorted(k for k in arrays if not k.startswith(("weights/", "optimizer/")))
+    try:
+        if unknown:
+            raise ValueError(f"unexpected arrays {unknown}")
+        model.check_weights(weights)
+        state["iterations"] = meta["iterations"]
+        params = [] if model.flat_parameters is None else [model.flat_parameters]
+        model.optimizer.check_state(state, params)
+        for name, value in state.items():
+            if name != "iterations":
+                checks.finite(f"optimizer state {name}", value.reshape(1, -1))
+    except ValueError as exc:
+        raise ValueError(f"{path} does not fit this model: {exc}") from None
+    model.optimizer.set_state(state, params)
+    model.assign_weights(weights)
     random.get_rng().set_state(meta["rng"])
-    return int(meta["epoch"]), History(meta["history"])
+    return meta["epoch"], History(meta["history"])
 
+
+def check_checkpoint_destination(path, resume_from=None, overwrite=False):
+    """Raise before any work unless ``path`` can take this run's checkpoints.
+
+    Its folder must exist and be writable; an existing file there is replaced only when this run
+    resumes that very file or ``overwrite`` is true (a rerun never silently destroys a checkpoint).
+    """
+    check_destination(path, "save a checkpoint")
+    if not os.path.exists(path) or overwrite:
+        return
+    if resume_from is not None and os.path.exists(resume_from) and os.path.samefile(path, resume_from):
+        return
+    try:
+        held = f"a checkpoint of {read_checkpoint(path)[1]['epoch']} epochs"
+    except (OSError, ValueError):
+        held = "a file that is not a minialex checkpoint"
+    error = CheckpointExistsError(f"{path} already holds {held}; resume it (resume_from={str(path)!r}), choose "
+                                  f"another path, or pass overwrite=True to replace it")
+    error.held = held
+    raise error
+
+
+# ---- the fit loop ------------------------------------------------------------------------------
 
 def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
-        verbose=1, checkpoint=None, resume_from=None):
+        verbose=1, checkpoint=None, resume_from=None, overwrite=False, settings=None):
     """Train ``model`` on (x, y) for ``epochs`` epochs, as Keras's ``Model.fit``.
 
     ``checkpoint=path`` saves everything needed to continue after every epoch; ``resume_from=path``
-    restores such a file first and trains the epochs that remain, exactly as if never stopped.
+    restores such a file first and trains the epochs that remain, exactly as if never stopped. A
+    checkpoint records the run's settings (batch size, validation, data, optimiser, and ``settings``,
+    a dict of anything else that defines the run); resuming with other ones is refused, naming each
+    difference. An existing file at ``checkpoint`` is replaced only when it is the one resumed, or
+    with ``overwrite=True``. Every argument, input and destination is checked before the first step.
     """
     model.ensure_compiled()
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    epochs = checks.positive_int("epochs", epochs, minimum=0)
+    batch_size = checks.positive_int("batch_size", batch_size)
+    validation_split = checks.fraction("validation_split", validation_split)
+    checks.flag("shuffle", shuffle)
+    checks.one_of("verbose", verbose, (0, 1, 2))
+    checks.flag("overwrite", overwrite)
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"settings must be a dict, got {type(settings).__name__}")
+    if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
+        count = f"a {type(validation_data).__name__} of {len(validation_data)}" \
+            if isinstance(validation_data, (tuple, list)) else type(validation_data).__name__
+        raise ValueError(f"validation_data must be a pair (x_val, y_val), got {count}")
+    if checkpoint is not None:
+        check_checkpoint_destination(checkpoint, resume_from, overwrite)
+    if resume_from is not None:
+        read_checkpoint(resume_from)         # a missing or foreign file fails before the data are moved
     x, y = model.prepare_inputs(x, y)
     x_train, y_train, x_val, y_val = _split(x, y, validation_split, validation_data)
-    if x_val is not None:
-        x_val, y_val = model.prepare_inputs(x_val, y_val)
+    if validation_data is not None:
+        x_val, y_val = model.prepare_inputs(x_val, y_val, names=("validation_data x", "validation_data y"))
+        if x_val.shape[0] == 0:
+            raise ValueError("validation_data holds no samples; pass None for no validation")
     rng = random.get_rng()
     n = x_train.shape[0]
     if n == 0:
         raise ValueError("fit needs at least one training sample")
     steps = math.ceil(n / batch_size)
+    run = run_settings(model, x_train, y_train, x_val, y_val, batch_size, bool(shuffle),
+                       None if validation_data is not None else validation_split, settings)
 
     first_epoch, history = 0, History()
     if resume_from is not None:
-        first_epoch, history = load_checkpoint(resume_from, model)
+        first_epoch, history = load_checkpoint(resume_from, model, run)
+        if verbose and first_epoch >= epochs:
+            print(f"{resume_from} holds {first_epoch} epochs already: nothing left to train for epochs={epochs}")
 
-    for epoch in range(first_epoch, epochs):
-        progress = Progress(epoch, epochs, steps, verbose)
-        guard = NonFiniteGuard(model, epoch, steps)
-        order = rng.permutation(n) if shuffle else None
-        loss_sum = correct = 0
-        seen, last_refresh, start = 0, time.perf_counter(), time.perf_counter()
-        for step in range(steps):
-            batch = slice(step * batch_size, (step + 1) * batch_size)
-            index = batch if order is None else order[batch]
-            xb, yb = x_train[index], y_train[index]
-            loss, batch_correct = model.train_step(xb, yb)
-            guard.before_update(step, loss)
-            model.apply_gradients()
-            loss_sum = loss_sum + loss * xb.shape[0]
-            correct = correct + batch_correct
-            seen += xb.shape[0]
-            if progress.bar is not None and time.perf_counter() - last_refresh >= REFRESH_SECONDS:
-                guard.check(step)
-                progress.update(step + 1, {"loss": float(loss_sum) / seen, "accuracy": float(correct) / seen})
-                last_refresh = time.perf_counter()
-        guard.check(steps - 1)
-        logs = {"loss": float(loss_sum) / n, "accuracy": float(correct) / n}
-        if x_val is not None:
-            val_loss, val_correct = model.evaluate_sums(x_val, y_val, batch_size)
-            logs["val_loss"] = float(val_loss) / x_val.shape[0]
-            logs["val_accuracy"] = float(val_correct) / x_val.shape[0]
-        backend.synchronize()
-        progress.close(time.perf_counter() - start, logs)
-        history.append(logs)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, epoch + 1, history)
+    guard = NonFiniteGuard(model, steps)
+    try:
+        for epoch in range(first_epoch, epochs):
+            logs = _train_epoch(model, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size,
+                                rng.permutation(n) if shuffle else None, verbose)
+            history.append(logs)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, model, epoch + 1, history, run)
+    except NonFiniteLossError as exc:
+        exc.history = history
+        raise
     return history
+
+
+def _train_epoch(model, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size, order, verbose):
+    """One epoch's steps, then validation; returns its logs."""
+    n = x_train.shape[0]
+    steps = math.ceil(n / batch_size)
+    progress = Progress(epoch, epochs, steps, verbose)
+    guard.start_epoch(epoch)
+    loss_sum = correct = 0
+    seen, last_refresh, start = 0, time.perf_counter(), time.perf_counter()
+    for step in range(steps):
+        batch = slice(step * batch_size, (step + 1) * batch_size)
+        index = batch if order is None else order[batch]
+        xb, yb = x_train[index], y_train[index]
+        loss, batch_correct = model.train_step(xb, yb)
+        guard.before_update(step, loss)
+        model.apply_gradients()
+        loss_sum = loss_sum + loss * xb.shape[0]
+        correct = correct + batch_correct
+        seen += xb.shape[0]
+        if progress.bar is not None and time.perf_counter() - last_refresh >= REFRESH_SECONDS:
+            guard.check(step)
+            progress.update(step + 1, {"loss": float(loss_sum) / seen, "accuracy": float(correct) / seen})
+            last_refresh = time.perf_counter()
+    guard.check(steps - 1)
+    logs = {"loss": float(loss_sum) / n, "accuracy": float(correct) / n}
+    if x_val is not None:
+        val_loss, val_correct = model.evaluate_sums(x_val, y_val, batch_size)
+        logs["val_loss"] = float(val_loss) / x_val.shape[0]
+        logs["val_accuracy"] = float(val_correct) / x_val.shape[0]
+        guard.end_epoch(logs["val_loss"], "validation loss")
+    else:   # one batch through the final weights, so that fit never ends on (or saves) weights that give NaN
+        probe_loss, _ = model.evaluate_sums(x_train[:batch_size], y_train[:batch_size], batch_size)
+        guard.end_epoch(float(probe_loss), "loss")
+    backend.synchronize()
+    progress.close(time.perf_counter() - start, logs)
+    return logs

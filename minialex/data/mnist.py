@@ -28,9 +28,9 @@ import hashlib
 import http.client
 import logging
 import os
+import re
 import socket
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy
 from tqdm import tqdm
 
+from ..serialization import remove_stale_temporaries, temporary_path
 from .idx import decompress, format_idx, parse_idx
 
 __all__ = ["DatasetUnavailableError", "default_cache_dir", "default_keras_dir", "fetch",
@@ -208,22 +209,35 @@ def _load(dataset: Dataset, data_dir, cache_dir, keras_dir, download: dict):
         return _load_local(dataset, Path(os.environ["MINIALEX_DATA_DIR"]), "$MINIALEX_DATA_DIR")
 
     cache = Path(cache_dir if cache_dir is not None else default_cache_dir()) / dataset.name
+    for filename in FILES:
+        _remove_stale_parts(cache / f"{filename}.gz", filename)
     found, missing = _find_files(cache)
-    if not missing:
-        return _read_files(dataset, found)
+    arrays, damaged = {}, {}     # a cached file that fails verification is fetched again, not fatal
+    for filename, path in found.items():
+        try:
+            arrays[filename] = _verified(dataset, filename, path.read_bytes(), str(path))
+        except ValueError as exc:
+            damaged[filename] = (path, str(exc))
+    if not missing and not damaged:
+        return _splits([arrays[name] for name in FILES])
     keras = Path(keras_dir if keras_dir is not None else default_keras_dir()) / dataset.keras_name
     from_keras = _load_keras(dataset, keras)
     if from_keras is not None:
         return from_keras
     try:
-        for filename in missing:
-            found[filename] = fetch(filename, cache, dataset=dataset.name, **download)
+        for filename in [name for name in FILES if name in missing or name in damaged]:
+            target = fetch(filename, cache, dataset=dataset.name, **download)
+            arrays[filename] = _verified(dataset, filename, target.read_bytes(), str(target))
+            if filename in damaged and damaged[filename][0] != target:
+                damaged[filename][0].unlink()     # the bad plain copy would be found before the good .gz
     except DatasetUnavailableError as exc:
+        problems = [f"missing {', '.join(missing)}"] if missing else []
+        problems += [reason for _, reason in damaged.values()]
         raise DatasetUnavailableError(
             f"{dataset.title} is not on this machine and could not be downloaded. Looked in the cache "
-            f"{cache} (missing {', '.join(missing)}) and for Keras's copy {keras} (incomplete or absent).\n"
+            f"{cache} ({'; '.join(problems)}) and for Keras's copy {keras} (incomplete or absent).\n"
             f"{exc}\nTo fix: {OFFLINE_HINT}.") from None
-    return _read_files(dataset, found)
+    return _splits([arrays[name] for name in FILES])
 
 
 def _load_local(dataset: Dataset, root: Path, origin: str):
@@ -324,11 +338,17 @@ def _download_with_retries(dataset, filename, url, target, timeout, retry_delays
             time.sleep(delay)
 
 
+def _remove_stale_parts(target: Path, filename: str):
+    """Remove what downloads to ``target`` that were killed left behind (their writers are gone)."""
+    remove_stale_temporaries(target, ".part", legacy=rf"\.{re.escape(filename)}-[A-Za-z0-9_]{{8}}\.part")
+
+
 def _download(dataset, filename, url, target: Path, timeout, progress):
     """One try: ``url`` -> a temporary file beside ``target`` -> verified -> renamed to ``target``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{filename}-", suffix=".part", dir=target.parent)
+    _remove_stale_parts(target, filename)
+    temporary = temporary_path(target, ".part")
     try:
-        with os.fdopen(handle, "wb") as file:
+        with open(temporary, "xb") as file:
             _copy_url(url, file, timeout, progress, label=filename)
         _verified(dataset, filename, Path(temporary).read_bytes(), url)
         os.replace(temporary, target)

@@ -1,0 +1,107 @@
+"""Argument and input checks shared by the model and the fit loop: one clear message, before any work.
+
+Every check here raises before anything is trained, written or moved, and names what is wrong:
+the argument, what it holds, what it should hold.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy
+
+from . import backend
+
+CHUNK_ROWS = 4096            # rows per pass when counting non-finite values (keeps the count's mask small)
+TARGET_ROW_TOLERANCE = 1e-3  # a target row's sum may differ from 1 by this much (float32 one-hot, smoothing)
+_warned = set()              # the one-time warnings already given in this process
+
+
+def positive_int(name, value, minimum=1):
+    """``value`` as an int if it is an integer (Python or NumPy, not a bool) of at least ``minimum``."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, (int, numpy.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def fraction(name, value):
+    """``value`` as a float in [0, 1) (a Python or NumPy number, not a bool or a string)."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, (int, float, numpy.integer, numpy.floating)):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r} ({type(value).__name__})")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def one_of(name, value, choices):
+    if isinstance(value, (bool, numpy.bool_)) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def flag(name, value):
+    if not isinstance(value, (bool, numpy.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def array_kind(name, array):
+    """Refuse what cannot be pixels or targets: no array, strings, objects, booleans, complex numbers.
+
+    Integer images that were not scaled (values above 1) pass, with a one-time warning.
+    """
+    if not hasattr(array, "dtype") or not hasattr(array, "shape"):
+        try:
+            array = numpy.asarray(array)
+        except Exception as exc:
+            raise ValueError(f"{name} must be an array of numbers, got {type(array).__name__} ({exc})") from None
+    kind = numpy.dtype(array.dtype).kind
+    if kind == "b":
+        raise ValueError(f"{name} holds booleans; convert them to numbers explicitly (e.g. {name}.astype('float32'))")
+    if kind == "c":
+        raise ValueError(f"{name} holds complex numbers ({array.dtype}); a network takes real numbers")
+    if kind not in "iuf":
+        raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
+    if kind in "iu" and array.size and name not in _warned and float(array.max()) > 1:
+        _warned.add(name)
+        warnings.warn(f"{name} holds integers up to {int(array.max())}, not scaled: images are usually divided "
+                      f"by 255 first (minialex.data.preprocess_images does it); training goes on with them as "
+                      f"they are", UserWarning, stacklevel=4)
+    return array
+
+
+def finite(name, array):
+    """Raise a ValueError saying how many values of ``array`` (on any backend) are NaN or infinite, and where."""
+    if array.size == 0 or array.dtype.kind != "f":
+        return
+    if bool(backend.get_array_module(array).isfinite(array.min() + array.max())):
+        return   # min and max carry any NaN; min + max of finite float32 values stays finite or shows inf
+    xp = backend.get_array_module(array)
+    bad, rows = 0, []
+    for start in range(0, array.shape[0], CHUNK_ROWS):
+        chunk = array[start:start + CHUNK_ROWS]
+        mask = ~xp.isfinite(chunk.reshape(chunk.shape[0], -1))
+        bad += int(mask.sum())
+        if len(rows) < 5:
+            rows += (start + backend.to_numpy(xp.flatnonzero(mask.any(axis=1)))[:5]).tolist()
+    if bad:
+        raise ValueError(f"bad input: {name} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or "
+                         f"infinity), in samples {rows[:5]}{' ...' if len(rows) > 5 else ''}; fix or drop them")
+
+
+def targets(name, y):
+    """One-hot (or soft) targets: no negative value, each row summing to 1 (one read-back when they are)."""
+    if y.size == 0:
+        return
+    xp = backend.get_array_module(y)
+    sums = y.sum(axis=1)
+    bad = (xp.abs(sums - 1) > TARGET_ROW_TOLERANCE) | (y < 0).any(axis=1)
+    if not bool(bad.any()):
+        return
+    rows = backend.to_numpy(xp.flatnonzero(bad)).tolist()
+    zero, negative = int((sums == 0).sum()), int((y < 0).sum())
+    detail = f"{len(rows)} rows are not (first: {rows[:5]}; {zero} are all zero"
+    detail += f", {negative} values are negative)" if negative else ")"
+    raise ValueError(f"bad input: {name} must be one-hot rows (or probabilities summing to 1): {detail}; "
+                     f"convert labels with minialex.data.to_categorical")
