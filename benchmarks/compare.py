@@ -3,9 +3,18 @@
     python benchmarks/compare.py [--backend numpy|cupy] [--threads N] [--rounds 20]
 
 Prints, per layer (forward, and forward + backward) and for the whole training step: minialex's
-median milliseconds, PyTorch's, their ratio, and minialex's achieved GFLOP/s as a share of NumPy's
-own float32 matrix-multiply rate measured in the same run. Then inference throughput on the
+median milliseconds, PyTorch's, their ratio, and minialex's achieved GFLOP/s as a share of the
+backend's own float32 matrix-multiply rate measured in the same run. Then inference throughput on the
 10,000 MNIST test images and one epoch's projected time. Without torch, the PyTorch columns are empty.
+
+On a GPU (``--backend cupy``; PyTorch on the same card with TF32 off, so both compute in float32)
+each row also splits a call into host time and device time (``cupyx.profiler.benchmark``: the host's
+seconds inside the call, and the card's from the call's first launch to its last kernel's end), and
+the training step gets a third figure: its device time with every launch queued up front, behind a
+kernel that holds the stream until the host has launched the whole step, so that the card never
+waits for the host. Host time above that queued device time means the host (launching kernels)
+bounds the step; below it, the card does. Every row is also printed as a ``LAYER key=value`` line,
+and the run ends with ``RESULT key=value ...`` (benchmarks/gpu_check.py reads both).
 """
 from __future__ import annotations
 
@@ -57,7 +66,8 @@ def torch_reference(args):
     return Reference(device=device), torch
 
 
-def row(label, ours, theirs, flops, gemm):
+def row(label, ours, theirs, flops, gemm, split=None):
+    """Print one table row; ``split`` is host_and_device()'s {name: (host ms, device ms)}."""
     mine = common.median_ms(ours)
     text = f"{label:<34} {mine:>11.2f}"
     if theirs:
@@ -68,8 +78,76 @@ def row(label, ours, theirs, flops, gemm):
     if flops:
         rate = flops / (mine / 1000) / 1e9
         text += f" {rate:>9.1f} {100 * rate / gemm:>8.0f}%"
+    else:
+        text += f" {'':>9} {'':>9}"
+    for name in ("ours", "theirs"):
+        if split and name in split:
+            text += f" {split[name][0]:>7.3f}/{split[name][1]:<7.3f}"
     print(text, flush=True)
     return mine
+
+
+def layer_line(name, kind, ours, theirs, split):
+    """The row as ``LAYER key=value ...`` (milliseconds), for gpu_check's summary."""
+    values = {"name": name, "kind": kind, "ms": f"{common.median_ms(ours):.4f}"}
+    if theirs:
+        values["torch_ms"] = f"{common.median_ms(theirs):.4f}"
+    for name_, prefix in (("ours", ""), ("theirs", "torch_")):
+        if split and name_ in split:
+            values[prefix + "host_ms"], values[prefix + "device_ms"] = (f"{v:.4f}" for v in split[name_])
+    return "LAYER " + " ".join(f"{key}={value}" for key, value in values.items())
+
+
+def host_and_device(functions, rounds, block=5):
+    """{name: (median host ms, median device ms) per call}, CuPy only, the functions in turns.
+
+    ``cupyx.profiler.benchmark`` times each call twice: on the host (the seconds inside the call,
+    which on a GPU is launching kernels) and on the device (CUDA events recorded on the current
+    stream around the call: from before its first launch to its last kernel's end, gaps included).
+    PyTorch and CuPy both use the legacy default stream here, so the events time either library.
+    The functions must not synchronise the device themselves.
+    """
+    from cupyx.profiler import benchmark
+
+    times = {name: ([], []) for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            timing = benchmark(function, n_repeat=block, n_warmup=1)
+            times[name][0].extend(timing.cpu_times)
+            times[name][1].extend(timing.gpu_times[0])
+    return {name: (common.median_ms(host), common.median_ms(device)) for name, (host, device) in times.items()}
+
+
+SPIN = r"""
+extern "C" __global__ void spin(unsigned long long nanoseconds) {
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); } while (now - start < nanoseconds);
+}
+"""
+
+
+def queued_device_ms(function, host_ms, repeat=15):
+    """(median device ms of one call with all its launches queued before the first runs, calls that
+    stayed queued): a one-thread kernel spins for 3x the call's host time (+2 ms), the host launches
+    the whole call behind it, and events around the call then time the card's work without the gaps
+    in which it would wait for launches. A call that synchronises (waits for the card) cannot stay
+    queued; such calls are left out, and none left means the call synchronises."""
+    cupy = backend.xp()
+    spin = cupy.RawKernel(SPIN, "spin")
+    hold = numpy.uint64(int((3 * host_ms + 2) * 1e6))
+    times = []
+    for _ in range(repeat):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        spin((1,), (1,), (hold,))
+        start.record()
+        function()
+        end.record()
+        queued = not start.done       # the spin still holds the stream: every launch of the call is queued
+        end.synchronize()
+        if queued:
+            times.append(cupy.cuda.get_elapsed_time(start, end) / 1000)
+    return (common.median_ms(times) if times else float("nan")), len(times)
 
 
 def main(argv=None):
@@ -77,8 +155,11 @@ def main(argv=None):
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     parser.add_argument("--threads", type=int, default=None, help="BLAS / PyTorch threads (default: BLAS's own)")
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds per row (after warm-up)")
+    parser.add_argument("--step-rounds", type=int, default=None,
+                        help="timed rounds for the whole training step (default: --rounds, at least 10)")
     parser.add_argument("--data-dir", default=os.environ.get("MINIALEX_DATA_DIR",
                                                              Path(__file__).resolve().parents[2] / "shared" / "mnist"))
+    parser.add_argument("--images", type=int, default=None, help="time inference on the first N test images only")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--skip-layers", action="store_true", help="only the whole step and inference")
     args = parser.parse_args(argv)
@@ -89,13 +170,20 @@ def main(argv=None):
     gemm = common.gemm_rate()
     model = common.tutorial_model()
     x, y = common.tutorial_batch()
+    on_gpu = backend.get_backend() == "cupy"
     version = f"PyTorch {torch.__version__}" if torch else "no PyTorch"
+    if torch and on_gpu:
+        version += f" (TF32 {'on' if reference.tf32 else 'off'})"
     print(f"minialex vs {version} on {backend.describe_device()}; batch {common.BATCH}; "
           f"BLAS threads {threads}; load {common.machine_load():.2f}")
-    print(f"NumPy float32 GEMM rate ({'x'.join(map(str, common.GEMM_SHAPE))}): {gemm:.1f} GFLOP/s")
+    print(f"{backend.get_backend()} float32 GEMM rate ({'x'.join(map(str, common.GEMM_SHAPE))}): {gemm:.1f} GFLOP/s")
     header = f"{'what':<34} {'minialex ms':>11} {'PyTorch ms':>11} {'ratio':>7} {'GFLOP/s':>9} {'of GEMM':>9}"
+    if on_gpu:
+        theirs_split = "PyTorch's"
+        header += f" {'host/device ms':>15}" + (f" {theirs_split:>15}" if reference is not None else "")
     print(header)
     print("-" * len(header))
+    lines = []
 
     if not args.skip_layers:
         for index, (layer, layer_x) in enumerate(common.layer_inputs(model, x)):
@@ -113,18 +201,32 @@ def main(argv=None):
                 if theirs:
                     functions["theirs"] = _synchronised(theirs[kind], reference)
                 times = common.alternate(functions, args.rounds)
+                split = None
+                if on_gpu:
+                    split = host_and_device({"ours": function, **({"theirs": theirs[kind]} if theirs else {})},
+                                            max(1, args.rounds // 2))
                 flops = common.layer_flops(layer, common.BATCH, backward=kind == "fwd+bwd", input_grad=index > 0)
-                row(f"{layer.name} {kind}", times["ours"], times.get("theirs"), flops, gemm)
+                row(f"{layer.name} {kind}", times["ours"], times.get("theirs"), flops, gemm, split)
+                lines.append(layer_line(layer.name, kind, times["ours"], times.get("theirs"), split))
         model.layers[0].needs_input_grad = True
 
+    def step():     # what fit runs per batch: no read-back of the loss, so nothing waits for the card
+        model.train_step(x, y)
+        model.apply_gradients()
+
     gemm_call, gemm_flops = common.gemm_function()
-    functions = {"ours": lambda: model.train_on_batch(x, y), "gemm": gemm_call}
+    functions = {"ours": step, "gemm": gemm_call}
     if reference is not None:
         functions["theirs"] = _synchronised(reference.train_step, reference)
-    times = common.alternate(functions, max(args.rounds, 10))
+    times = common.alternate(functions, args.step_rounds or max(args.rounds, 10))
+    split = None
+    if on_gpu:
+        split = host_and_device({"ours": step, **({"theirs": reference.train_step} if reference else {})},
+                                args.step_rounds or max(args.rounds, 10))
     print("-" * len(header))
     step_ms = row("training step (fwd, loss, bwd, Adam)", times["ours"], times.get("theirs"),
-                  common.step_flops(model), gemm)
+                  common.step_flops(model), gemm, split)
+    lines.append(layer_line("step", "fwd+bwd+adam", times["ours"], times.get("theirs"), split))
     share = common.step_flops(model) / gemm_flops / common.blockwise_ratios(times["ours"], times["gemm"])
     print(f"{'':<34} step rate / GEMM rate, round by round (median): {100 * share:.0f}% "
           f"(GEMM {gemm_flops / statistics.median(times['gemm']) / 1e9:.1f} GFLOP/s in these rounds)")
@@ -133,8 +235,22 @@ def main(argv=None):
     if reference is not None:
         result["torch_step_ms"] = common.median_ms(times["theirs"])
         result["ratio"] = common.blockwise_ratios(times["ours"], times["theirs"])
+    if split:
+        result["step_host_ms"], result["step_device_ms"] = split["ours"]
+        result["step_queued_ms"], result["step_queued_calls"] = queued_device_ms(step, split["ours"][0])
+        text = (f"training step, host / device / device queued ms: minialex {split['ours'][0]:.3f} / "
+                f"{split['ours'][1]:.3f} / {result['step_queued_ms']:.3f} ({result['step_queued_calls']} of 15 "
+                f"calls stayed queued)")
+        if reference is not None:
+            result["torch_step_host_ms"], result["torch_step_device_ms"] = split["theirs"]
+            result["torch_step_queued_ms"], result["torch_step_queued_calls"] = queued_device_ms(
+                reference.train_step, split["theirs"][0])
+            text += (f"; PyTorch {split['theirs'][0]:.3f} / {split['theirs'][1]:.3f} / "
+                     f"{result['torch_step_queued_ms']:.3f} ({result['torch_step_queued_calls']} of 15)")
+        print(text)
 
     images, source = load_test_images(args.data_dir)
+    images = images[:args.images]
     start = time.perf_counter()
     model.predict(images, batch_size=INFERENCE_BATCH)
     result["images_per_s"] = len(images) / (time.perf_counter() - start)
@@ -151,6 +267,7 @@ def main(argv=None):
     print(text)
     print(f"one epoch ({STEPS_PER_EPOCH} steps of {common.BATCH}) projected: {result['epoch_s']:.1f} s")
     print(f"load after the run: {common.machine_load():.2f}")
+    print("\n".join(lines))
     print("RESULT " + " ".join(f"{key}={value:.4g}" for key, value in result.items()))
 
 

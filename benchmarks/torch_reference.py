@@ -34,11 +34,20 @@ def blocks():
 
 
 class Reference:
-    """The whole network, a training step and inference, on ``device`` ('cpu' or 'cuda')."""
+    """The whole network, a training step and inference, on ``device`` ('cpu' or 'cuda').
 
-    def __init__(self, batch=64, device="cpu", seed=0):
+    On a GPU, TF32 is switched off (``tf32=False``) so that PyTorch's matrix products and convolutions
+    compute in float32, as minialex's do (CuPy uses TF32 only under ``CUPY_TF32=1``).
+    """
+
+    def __init__(self, batch=64, device="cpu", seed=0, tf32=False):
         torch.manual_seed(seed)
         self.device = torch.device(device)
+        self.tf32 = tf32
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.set_float32_matmul_precision("high" if tf32 else "highest")
         self.named_blocks = [(name, module.to(self.device), shape) for name, module, shape in blocks()]
         self.model = nn.Sequential(*[module for _, module, _ in self.named_blocks])
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, eps=1e-7)
