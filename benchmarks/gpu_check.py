@@ -149,7 +149,8 @@ def pytest_result(text):
         line = summary[-1]
     else:
         counts = {word: len(re.findall(rf"\s{word}\s+\[", text)) for word in ("PASSED", "FAILED", "SKIPPED", "ERROR")}
-        running = re.findall(r"^(tests/\S+::\S+) *$", text, re.M)
+        running = [line.strip() for line in re.findall(r"^(tests/\S+::.*)$", text, re.M)
+                   if not re.search(r" (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b", line)]
         line = "no summary: " + ", ".join(f"{n} {word.lower()}" for word, n in counts.items() if n)
         if running:
             line += f"; was running {running[-1]}"
@@ -211,8 +212,8 @@ def stage_line(stage, outcome):
     if stage.name == "train":
         values = train_result(text)
         done = len(values["epoch_list"])
-        return (f"{done} of {values['planned_epochs'] or '?'} epochs; training {fmt(values.get('train_s'), '.2f', ' s')}, "
-                f"test accuracy {fmt(values.get('test_accuracy'), '.4f')}")
+        return (f"{done} of {values['planned_epochs'] or '?'} epochs; training "
+                f"{fmt(values.get('train_s'), '.2f', ' s')}, test accuracy {fmt(values.get('test_accuracy'), '.4f')}")
     if stage.name == "transfer":
         lines = re.findall(r"^(\S+ -> \S+): max \|probability difference\| (\S+) .*?, (\d+) of ([\d,]+) "
                            r"predicted classes differ.*: (SAME|DIFFERENT)$", text, re.M)

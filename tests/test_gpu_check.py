@@ -42,8 +42,10 @@ def fake_stages():
     ]
 
 
-STEP_OUTPUT = """LAYER name=conv2d_1 kind=fwd+bwd ms=0.9 torch_ms=0.2 host_ms=0.8 device_ms=0.85 torch_host_ms=0.1 torch_device_ms=0.2
-LAYER name=dense kind=fwd+bwd ms=0.3 torch_ms=0.25 host_ms=0.3 device_ms=0.3 torch_host_ms=0.1 torch_device_ms=0.25
+STEP_OUTPUT = """LAYER name=conv2d_1 kind=fwd+bwd ms=0.9 torch_ms=0.2 host_ms=0.8 device_ms=0.85 \
+torch_host_ms=0.1 torch_device_ms=0.2
+LAYER name=dense kind=fwd+bwd ms=0.3 torch_ms=0.25 host_ms=0.3 device_ms=0.3 torch_host_ms=0.1 \
+torch_device_ms=0.25
 LAYER name=conv2d_1 kind=forward ms=5.0 torch_ms=0.1
 RESULT step_ms=3.2 torch_step_ms=2.5 ratio=1.28 step_host_ms=3.1 step_device_ms=3.2 step_queued_ms=1.1 \
 step_queued_calls=15 torch_step_host_ms=1.2 torch_step_device_ms=2.4 torch_step_queued_ms=2.3 images_per_s=90000"""
@@ -116,9 +118,10 @@ def test_a_summary_is_on_disk_while_a_stage_runs(tmp_path, monkeypatch):
 def test_parsers_read_what_the_real_stages_print():
     partial = ("tests/test_a.py::test_x[cupy] PASSED                  [  1%]\n"
                "tests/test_a.py::test_z[cupy] FAILED                  [  2%]\n"
-               "tests/test_b.py::test_hangs[cupy] \n")
+               "tests/test_b.py::test_hangs[cupy-Conv2D 3x3 same, 1x8 -> 3] ")     # no newline: still running
     line = gpu_check.pytest_result(partial)
-    assert "1 passed, 1 failed" in line and "was running tests/test_b.py::test_hangs[cupy]" in line
+    assert "1 passed, 1 failed" in line
+    assert "was running tests/test_b.py::test_hangs[cupy-Conv2D 3x3 same, 1x8 -> 3]" in line
     assert "test_a.py::test_z[cupy]" in line
     table = ("Conv2D 3x3 valid relu, 2x7x9x3 -> 5                      x                           3.10e-09  PASS\n"
              "LRN r=2 alpha=0.1 beta=0.75, 2x3x4x7                     x                           2.00e-05  FAIL\n"
