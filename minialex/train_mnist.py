@@ -167,7 +167,6 @@ def main(argv=None) -> int:
     """Run from the command line: 0 when done, 2 for a problem the user can fix (one line on stderr),
     130 after Ctrl-C and 143 after SIGTERM (temporary files removed, the last complete checkpoint kept)."""
     args = build_parser().parse_args(argv)
-    kept = f"; the last complete checkpoint is in {args.save or args.resume}" if args.save or args.resume else ""
     try:
         with sigterm_unwinds():
             run(args)
@@ -179,12 +178,17 @@ def main(argv=None) -> int:
               f"draw them later with python -m minialex.viz {args.plots})", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"interrupted{kept}", file=sys.stderr)
+        print(f"interrupted{_kept(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Terminated:
-        print(f"terminated (SIGTERM){kept}", file=sys.stderr)
+        print(f"terminated (SIGTERM){_kept(args)}", file=sys.stderr)
         return EXIT_TERMINATED
     return 0
+
+
+def _kept(args) -> str:
+    path = args.save or args.resume
+    return f"; the last complete checkpoint is in {path}" if path and Path(path).is_file() else ""
 
 
 def _one_line(exc) -> str:

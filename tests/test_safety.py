@@ -3,19 +3,17 @@
 One section per point of the issue: (1) reruns and resumes, (2) errors before the work, (3) temporary
 files and kills, (4) non-finite values (more in test_training.py), (5) one line instead of a
 traceback, (6) loads checked before anything is written, (7) inputs of the wrong kind.
-Kills run in subprocesses on small models; downloads come from a server on 127.0.0.1.
+Kills run in subprocesses on small models; downloads come from test_data's server on 127.0.0.1,
+and test_data's ``isolated`` keeps HOME and the caches under tmp_path and refuses other hosts here too.
 """
 from __future__ import annotations
 
 import gzip
-import http.server
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +28,7 @@ from minialex.models import Sequential
 from minialex.optimizers import SGD, Adam
 from minialex.serialization import load_npz, save_npz
 
+from .test_data import isolated, serve_shared, server  # noqa: F401 (fixtures: HOME under tmp_path, no internet)
 from .test_models import quadrant_data, small_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,17 +60,6 @@ def assert_unchanged(model, before):
         if key != "iterations":
             np.testing.assert_array_equal(now[key], state[key])
     assert random.get_rng().get_state() == rng
-
-
-@pytest.fixture
-def no_internet(monkeypatch):
-    connect = socket.create_connection
-
-    def local_only(address, *args, **kwargs):
-        assert address[0] in ("127.0.0.1", "localhost"), f"a test tried to reach {address}"
-        return connect(address, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "create_connection", local_only)
 
 
 # ---- 1. A rerun never destroys a checkpoint; a resume must match the run ---------------------
@@ -244,7 +232,7 @@ def test_only_the_temporaries_of_writers_that_are_gone_are_removed(tmp_path):
 
 
 def test_an_interrupted_download_leaves_no_part_file_and_a_dead_ones_is_cleaned(tmp_path, monkeypatch,
-                                                                                 no_internet, server_url):
+                                                                                 server_url):
     cache = tmp_path / "cache"
     cache.mkdir()
     leftover = Path(serialization.temporary_path(cache / f"{TEST_LABELS}.gz", ".part").replace(
@@ -262,43 +250,12 @@ def test_an_interrupted_download_leaves_no_part_file_and_a_dead_ones_is_cleaned(
 
 # ---- 3. A cached file that fails its checksum is downloaded again ---------------------------
 
-class _Serve(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = self.server.routes.get(self.path)
-        self.server.hits.append(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def server(mnist_dir):
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Serve)
-    httpd.daemon_threads = True
-    httpd.hits = []
-    httpd.routes = {f"/m/{name}.gz": (mnist_dir / f"{name}.gz").read_bytes() for name in mnist_module.FILES}
-    thread = threading.Thread(target=httpd.serve_forever, kwargs=dict(poll_interval=0.01), daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+def server_url(server, mnist_dir):
+    return serve_shared(server, "m")
 
 
-@pytest.fixture
-def server_url(server):
-    return f"http://127.0.0.1:{server.server_port}/m/"
-
-
-def test_a_corrupt_cached_file_is_downloaded_again(tmp_path, mnist_dir, server, server_url, no_internet, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MINIALEX_DATA_DIR", raising=False)
+def test_a_corrupt_cached_file_is_downloaded_again(tmp_path, mnist_dir, server, server_url, monkeypatch):
     cache = tmp_path / "cache" / "mnist"
     cache.mkdir(parents=True)
     for name in mnist_module.FILES:
@@ -310,12 +267,12 @@ def test_a_corrupt_cached_file_is_downloaded_again(tmp_path, mnist_dir, server, 
         load_mnist(tmp_path / "cache")                     # a folder the user names is never replaced
     (_, _), (_, y_test) = load_mnist(cache_dir=tmp_path / "cache", mirrors=[server_url], timeout=5,
                                      retry_delays=(), progress=False)
-    assert server.hits == [f"/m/{TEST_LABELS}.gz"]
+    assert list(server.hits) == [f"/m/{TEST_LABELS}.gz"]
     assert y_test[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert sorted(os.listdir(cache)) == sorted(f"{name}.gz" for name in mnist_module.FILES)
     (cache / f"{TEST_LABELS}.gz").write_bytes(gzip.compress(bytes(labels)))
     with pytest.raises(mnist_module.DatasetUnavailableError, match=r"(?s)checksum mismatch.*HTTP 404"):
-        load_mnist(cache_dir=tmp_path / "cache", mirrors=[server_url + "gone/"], timeout=5, retry_delays=(),
+        load_mnist(cache_dir=tmp_path / "cache", mirrors=[server.url("gone")], timeout=5, retry_delays=(),
                    progress=False)
     assert (cache / f"{TEST_LABELS}.gz").exists()          # no mirror answered: the cache is as it was
 
@@ -337,10 +294,8 @@ def test_bad_resume_files_are_one_line(tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (name, err)
 
 
-def test_a_read_only_cache_is_one_line(tmp_path, monkeypatch, capsys, no_internet):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+def test_a_read_only_cache_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MINIALEX_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("MINIALEX_DATA_DIR", raising=False)
 
     def refuse(self, *args, **kwargs):       # as a read-only folder answers (the tests may run as root)
         raise PermissionError(13, "Permission denied", str(self))
