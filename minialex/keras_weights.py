@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 
 import numpy
 
 from . import backend
+from .serialization import atomic_write
 
 INSTALL_HINT = "pip install 'minialex[keras]'"
 SUFFIX = ".weights.h5"      # Keras 3's load_weights reads a weights-only HDF5 file only under such a name
@@ -230,23 +230,11 @@ def save_keras_weights(model, path):
         raise ValueError(f"{path}: the name must end in '{SUFFIX}', the only name Keras 3's load_weights reads")
     if not model.built:
         raise ValueError("the model is not built yet: there are no weights to save")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save to {path}: folder {folder} does not exist")
     layers = [(key, [backend.to_numpy(layer.params[name]) for name in _variable_names(layer)])
               for layer, key in keras_keys(model)]
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        with h5py.File(temporary, "w-") as file:
-            _write_layers(file, layers)
-            file.create_group("vars").attrs["name"] = model.name
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_write(path) as temporary, h5py.File(temporary, "w-") as file:
+        _write_layers(file, layers)
+        file.create_group("vars").attrs["name"] = model.name
 
 
 def _write_layers(file, layers):

@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 import zipfile
+from contextlib import contextmanager
 
 import numpy
 
@@ -94,26 +95,34 @@ def check_destination(path, what="save") -> str:
     return path
 
 
-def save_npz(path, arrays: dict, meta: dict | None = None) -> None:
-    """Write ``arrays`` (name -> array on any backend) and optional JSON ``meta`` to ``path`` atomically."""
-    from .backend import to_numpy
-
+@contextmanager
+def atomic_write(path):
+    """Yield a temporary name beside ``path`` to write the whole file under; when the block ends
+    without an error, the file is synced to disk and renamed over ``path``; on any error (Ctrl-C
+    and SIGTERM included) it is removed, and ``path`` stays as it was."""
     path = check_destination(path)
     _clean(path)
-    payload = {name: to_numpy(array) for name, array in arrays.items()}
-    if meta is not None:
-        payload[META_KEY] = numpy.array(json.dumps(meta))
     temporary = temporary_path(path)
     try:
-        with open(temporary, "xb") as file:
-            numpy.savez(file, **payload)
-            file.flush()
-            os.fsync(file.fileno())
+        yield temporary
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def save_npz(path, arrays: dict, meta: dict | None = None) -> None:
+    """Write ``arrays`` (name -> array on any backend) and optional JSON ``meta`` to ``path`` atomically."""
+    from .backend import to_numpy
+
+    payload = {name: to_numpy(array) for name, array in arrays.items()}
+    if meta is not None:
+        payload[META_KEY] = numpy.array(json.dumps(meta))
+    with atomic_write(path) as temporary, open(temporary, "xb") as file:
+        numpy.savez(file, **payload)
 
 
 def load_npz(path) -> tuple[dict, dict | None]:
