@@ -52,7 +52,7 @@ def plan(args, python=sys.executable, logs="."):
     """The stages, in order, for these arguments."""
     b, quick, data = args.backend, args.quick, args.data_dir
     stages_py = str(BENCHMARKS / "gpu_stages.py")
-    pytest = [python, "-m", "pytest", "-p", "no:cacheprovider"]
+    pytest = [python, "-m", "pytest", "-p", "no:cacheprovider", "--continue-on-collection-errors"]
     tests = (["tests/test_backend.py", "tests/test_same_seed.py"] if quick else ["tests"])
     gradcheck = ([python, stages_py, "gradcheck-layers", "--backend", b] if quick
                  else [python, "-m", "minialex.gradcheck", "--backend", b])
@@ -97,12 +97,23 @@ def run_stage(stage, logs, env, limit):
             code, status = 124, "TIMEOUT"
     seconds = time.perf_counter() - start
     text = log.read_text(errors="replace")
+    kernels = kernel_cache_files()
     if status == "TIMEOUT":
         with open(log, "a") as output:
             output.write(f"\n[{stage.name} stopped at its {limit:.0f} s limit]\n")
     print("\n".join(text.strip().splitlines()[-25:]), flush=True)
     print(f"=== {stage.name}: {status} (exit {code}) in {seconds:.0f} s", flush=True)
-    return {"status": status, "code": code, "seconds": seconds, "limit": limit, "text": text}
+    return {"status": status, "code": code, "seconds": seconds, "limit": limit, "text": text,
+            "kernel_cache": kernels}
+
+
+def kernel_cache_files():
+    """How many files CuPy's on-disk kernel cache holds (one per compiled kernel module); None if none."""
+    folder = Path(os.environ.get("CUPY_CACHE_DIR") or Path.home() / ".cupy" / "kernel_cache")
+    try:
+        return sum(1 for path in folder.rglob("*") if path.is_file())
+    except OSError:
+        return None
 
 
 def stop(process):
@@ -237,7 +248,7 @@ def last_line(text):
     return lines[-1][:150] if lines else "no output"
 
 
-def figures(args, outcomes):
+def figures(args, outcomes, cache_at_start=None):
     """[(what, value, target or reference)]: the numbers the issue asks for, from the stages' output."""
     text = {name: (outcome or {}).get("text", "") for name, outcome in outcomes.items()}
     train, transfer, step = train_result(text.get("train")), results(text.get("transfer")), results(text.get("step"))
@@ -286,7 +297,21 @@ def figures(args, outcomes):
     rows.append(("inference images/s, minialex / PyTorch",
                  f"{fmt(step.get('images_per_s'), ',.0f')} / {fmt(step.get('torch_images_per_s'), ',.0f')}", ""))
     rows.append(("where minialex loses most to PyTorch", losers(layer_rows(text.get("step"))), "per layer, fwd+bwd"))
+    if gpu:
+        rows.append(("CuPy kernels compiled, by stage", compiled(outcomes, cache_at_start),
+                     "files added to the kernel cache"))
     return rows
+
+
+def compiled(outcomes, before):
+    """'tests 212, gradcheck 31, ...': how many kernel-cache files each stage added (cold: all of them)."""
+    parts = []
+    for name, outcome in outcomes.items():
+        if outcome.get("kernel_cache") is None or before is None:
+            continue
+        parts.append(f"{name} {outcome['kernel_cache'] - before}")
+        before = outcome["kernel_cache"]
+    return ", ".join(parts) or "n/a"
 
 
 def bound(step):
@@ -318,7 +343,7 @@ def losers(rows, count=3):
     return "; ".join(parts) or "n/a"
 
 
-def summary(args, stages, outcomes, started, running=None):
+def summary(args, stages, outcomes, started, running=None, cache_at_start=None):
     lines = [f"=== GPU check summary: --backend {args.backend}{' --quick' if args.quick else ''}, "
              f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {time.perf_counter() - started:.0f} s of {args.budget:.0f}"]
     device = (outcomes.get("device") or {}).get("text", "")
@@ -333,7 +358,8 @@ def summary(args, stages, outcomes, started, running=None):
         line = "running now" if stage.name == running else stage_line(stage, outcome)
         lines.append(f"{stage.name:<10} {status:<8} {times:>11}  {line}")
     lines += ["", f"{'figure':<48} {'value':<36} target / note"]
-    lines += [f"{what:<48} {value:<36} {note}" for what, value, note in figures(args, outcomes)]
+    rows = figures(args, outcomes, cache_at_start)
+    lines += [f"{what:<48} {value:<36} {note}" for what, value, note in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -360,8 +386,9 @@ def main(argv=None, stages=None):
         print(f"warning: no MNIST in {args.data_dir}: the train stage will fail (copy it into .data/mnist)", flush=True)
 
     started, outcomes = time.perf_counter(), {}
+    cache_at_start = kernel_cache_files()
     write = lambda running=None: (logs / "summary.txt").write_text(  # noqa: E731
-        summary(args, stages, outcomes, started, running))
+        summary(args, stages, outcomes, started, running, cache_at_start))
     for stage in stages:
         left = args.budget - (time.perf_counter() - started)
         if left < MIN_STAGE_S:

@@ -85,6 +85,7 @@ def test_failing_and_hanging_stages_leave_a_summary_and_the_rest_still_run(tmp_p
     assert "ratio 1.28" in summary and "FAIL" in summary
     assert summary.index("conv2d_1 0.900 vs 0.200") < summary.index("dense 0.300 vs 0.250")
     assert (tmp_path / "train.log").read_text().rstrip().endswith("[train stopped at its 2 s limit]")
+    assert "CuPy kernels compiled, by stage" in summary
     assert summary in capsys.readouterr().out
 
 
