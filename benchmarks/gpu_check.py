@@ -273,7 +273,7 @@ def figures(args, outcomes, cache_at_start=None):
     for key, label in (("to_cpu", "GPU -> CPU predictions"), ("to_device", "CPU -> GPU predictions")):
         if f"{key}_max_diff" in transfer:
             rows.append((label, f"max |dp| {transfer[f'{key}_max_diff']:.1e}, {transfer[f'{key}_differ']:.0f} classes "
-                                f"differ", "same classes, |dp| <= 1e-4"))
+                                f"differ", "same classes (but near-ties), |dp| <= 1e-3"))
     ours, theirs = step.get("step_ms"), step.get("torch_step_ms")
     ratio = step.get("ratio")
     verdict = ("PASS" if ratio <= 1.0 else "FAIL") if isinstance(ratio, float) and gpu else "n/a"

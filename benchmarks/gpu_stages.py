@@ -29,7 +29,7 @@ from minialex import backend, random  # noqa: E402
 
 WEIGHTS = "train_weights.npz"          # what the train stage leaves for the transfer stage
 PREDICTIONS = "train_predictions.npy"
-PROBABILITY_TOLERANCE = 1e-4           # float32 on two devices: sums in another order, not other maths
+PROBABILITY_TOLERANCE = 1e-3           # float32 on two devices: sums in another order, not other maths
 INFERENCE_BATCH = 128
 
 

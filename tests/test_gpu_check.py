@@ -164,7 +164,7 @@ def test_predictions_that_differ_are_caught(gpu_stages, capsys):
     q = p.copy()
     q[3] = np.roll(q[3], 1)                                              # one prediction, another class
     same, difference, differ = gpu_stages.compare_predictions("a -> b", p, q, None)
-    assert not same and differ == 1 and difference > 1e-4
+    assert not same and differ == 1 and difference > gpu_stages.PROBABILITY_TOLERANCE
     assert "DIFFERENT" in capsys.readouterr().out
 
 
