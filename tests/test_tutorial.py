@@ -1,10 +1,14 @@
 """The tutorials stay true: their ```python blocks run, top to bottom in one namespace per file, on the
 first 1,000 training and 500 test digits of the real MNIST; they walk the notebook's seven steps;
-every picture they show exists.
+every picture they show exists; the twins' loops they quote stand as quoted in minialex/naive.py; the
+functions and files they name exist.
 
-Blocks fenced ```python run; the Keras lines, fenced ```python keras, and shell commands do not.
+Blocks fenced ```python run; the Keras lines (```python keras .noeval), the quoted loops
+(```python twin .noeval) and shell commands do not.
 """
+import importlib
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,8 @@ import minialex.data
 import minialex.data.mnist
 from minialex import backend
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 STEPS = {
     "tutorial.md": ["Step 1: Imports", "Step 2: Data", "Step 3: Preprocessing", "Step 4: Building the network",
                     "Step 5: Compiling", "Step 6: Training", "Step 7: Testing"],
@@ -22,6 +27,13 @@ STEPS = {
 }
 FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+DOTTED_NAME = re.compile(r"`(minialex(?:\.\w+)+)`")
+REPO_PATH = re.compile(r"`((?:minialex|tests|benchmarks|docs|examples)/[\w./-]*\w)`")
+#: functions the text names, without their module, as the path a fast layer runs
+FAST_PATHS = {"im2col": "minialex.layers.conv", "col2im": "minialex.layers.conv",
+              "col2im_by_taps": "minialex.layers.conv", "max_over_taps": "minialex.layers.pool",
+              "route_to_first_max": "minialex.layers.pool", "band_matrix": "minialex.layers.lrn",
+              "power": "minialex.layers.lrn"}
 TRAIN_DIGITS, TEST_DIGITS = 1000, 500
 
 
@@ -29,6 +41,11 @@ def python_blocks(text):
     """[(line number of the block's first line, code)] for each block fenced exactly ```python."""
     return [(text.count("\n", 0, match.start("code")) + 1, match["code"])
             for match in FENCE.finditer(text) if match["info"].strip() == "python"]
+
+
+def blocks(text, info):
+    """The code of each block whose info string starts with ``info`` (e.g. 'python twin')."""
+    return [match["code"] for match in FENCE.finditer(text) if match["info"].strip().startswith(info)]
 
 
 @pytest.fixture(params=sorted(STEPS))
@@ -50,6 +67,35 @@ def test_every_picture_shown_exists(tutorial):
     assert links, f"{path.name} shows no pictures"
     for link in links:
         assert (path.parent / link).is_file(), f"{path.name} links to {link}, which does not exist"
+
+
+def test_the_twins_loops_stand_as_quoted(tutorial):
+    """Each ```python twin block is a run of consecutive lines of minialex/naive.py, indentation aside."""
+    path, text = tutorial
+    source = (ROOT / "minialex" / "naive.py").read_text(encoding="utf-8").splitlines()
+    quotes = blocks(text, "python twin")
+    assert len(quotes) >= 6, f"{path.name} quotes {len(quotes)} twins"
+    for quote in quotes:
+        lines = textwrap.dedent(quote).rstrip("\n").split("\n")
+        found = any(textwrap.dedent("\n".join(source[i:i + len(lines)])).split("\n") == lines
+                    for i in range(len(source) - len(lines) + 1))
+        assert found, f"{path.name} quotes lines that minialex/naive.py does not hold:\n{quote}"
+
+
+def test_the_functions_and_files_named_exist(tutorial):
+    path, text = tutorial
+    for name in set(DOTTED_NAME.findall(text)):
+        module, _, attribute = name.rpartition(".")
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            assert hasattr(importlib.import_module(module), attribute), f"{path.name} names {name}, which does not exist"
+    for link in set(REPO_PATH.findall(text)):
+        assert (ROOT / link).exists(), f"{path.name} names {link}, which does not exist"
+    for function, module in FAST_PATHS.items():
+        if f"`{function}" in text:
+            assert callable(getattr(importlib.import_module(module), function, None)), \
+                f"{path.name} names {function} in {module}, which does not exist"
 
 
 def test_both_tutorials_hold_the_same_code():
