@@ -142,7 +142,10 @@ class Conv2D(WithActivation):
                 same_padding(w, self.kernel_size[1], self.strides[1]))
 
     def _weights(self):
-        """The kernel as a (KH*KW*C, F) matrix, with the bias as one more row when there is one."""
+        """The kernel as a (KH*KW*C, F) matrix, with the bias as one more row when there is one: a view of
+        the model's flat buffer, which holds them back to back (a copy for a layer outside a model)."""
+        if self.packed_params is not None:
+            return self.packed_params.reshape(-1, self.filters)
         xp = backend.get_array_module(self.params["kernel"])
         kernel = self.params["kernel"].reshape(-1, self.filters)
         return xp.concatenate([kernel, self.params["bias"][None]]) if self.use_bias else kernel
@@ -165,9 +168,12 @@ class Conv2D(WithActivation):
         dz = self._activation_backward(dout).reshape(-1, f)
         kernel = self.params["kernel"]
         dweights = (dz.T @ self._cols).T    # = cols^T @ dz, in the order BLAS runs faster (benchmarks/)
-        self.grads["kernel"][...] = dweights[:kernel.size // f].reshape(kernel.shape)
-        if self.use_bias:
-            self.grads["bias"][...] = dweights[-1]
+        if self.packed_grads is not None:   # d kernel and d bias lie back to back: one copy
+            self.packed_grads.reshape(-1, f)[...] = dweights
+        else:
+            self.grads["kernel"][...] = dweights[:kernel.size // f].reshape(kernel.shape)
+            if self.use_bias:
+                self.grads["bias"][...] = dweights[-1]
         if not self.needs_input_grad:
             return None
         return col2im_by_taps(dz, kernel, self._x_shape, self._pads(), self.strides, (oh, ow))

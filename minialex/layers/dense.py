@@ -42,7 +42,8 @@ class Dense(WithActivation):
 
     def backward(self, dout):
         dz = self._activation_backward(dout)
-        self.grads["kernel"][...] = self._x.T @ dz
+        xp = backend.get_array_module(dz)
+        xp.matmul(self._x.T, dz, out=self.grads["kernel"])     # written straight into place (no copy)
         if self.use_bias:
-            self.grads["bias"][...] = dz.sum(axis=0)
+            dz.sum(axis=0, out=self.grads["bias"])
         return dz @ self.params["kernel"].T if self.needs_input_grad else None
