@@ -84,7 +84,7 @@ def run_stage(stage, logs, env, limit):
     Returns {status: 'ok' | 'FAILED' | 'TIMEOUT', code, seconds, text}.
     """
     log = Path(logs) / f"{stage.name}.log"
-    print(f"\n=== {stage.name} (limit {limit:.0f} s): {' '.join(stage.command)}", flush=True)
+    print(f"\n=== {stage.name}, {stage.what} (limit {limit:.0f} s): {' '.join(stage.command)}", flush=True)
     start = time.perf_counter()
     with open(log, "w") as output:
         process = subprocess.Popen(stage.command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
