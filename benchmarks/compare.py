@@ -99,7 +99,8 @@ def layer_line(name, kind, ours, theirs, split):
 
 
 def host_and_device(functions, rounds, block=5):
-    """{name: (median host ms, median device ms) per call}, CuPy only, the functions in turns.
+    """{name: (median host ms, median device ms) per call}, CuPy only, the functions in turns; None
+    (and a line saying why) if the timing itself fails, so that the rest of the run still reports.
 
     ``cupyx.profiler.benchmark`` times each call twice: on the host (the seconds inside the call,
     which on a GPU is launching kernels) and on the device (CUDA events recorded on the current
@@ -107,6 +108,14 @@ def host_and_device(functions, rounds, block=5):
     PyTorch and CuPy both use the legacy default stream here, so the events time either library.
     The functions must not synchronise the device themselves.
     """
+    try:
+        return _host_and_device(functions, rounds, block)
+    except Exception as exc:  # noqa: BLE001 - a figure lost, not the run
+        print(f"(host/device timing failed: {type(exc).__name__}: {exc})", flush=True)
+        return None
+
+
+def _host_and_device(functions, rounds, block):
     from cupyx.profiler import benchmark
 
     times = {name: ([], []) for name in functions}
@@ -132,7 +141,16 @@ def queued_device_ms(function, host_ms, repeat=15):
     stayed queued): a one-thread kernel spins for 3x the call's host time (+2 ms), the host launches
     the whole call behind it, and events around the call then time the card's work without the gaps
     in which it would wait for launches. A call that synchronises (waits for the card) cannot stay
-    queued; such calls are left out, and none left means the call synchronises."""
+    queued; such calls are left out, and none left means the call synchronises. (nan, -1) if the
+    measurement itself fails."""
+    try:
+        return _queued_device_ms(function, host_ms, repeat)
+    except Exception as exc:  # noqa: BLE001 - a figure lost, not the run
+        print(f"(queued device timing failed: {type(exc).__name__}: {exc})", flush=True)
+        return float("nan"), -1
+
+
+def _queued_device_ms(function, host_ms, repeat):
     cupy = backend.xp()
     spin = cupy.RawKernel(SPIN, "spin")
     hold = numpy.uint64(int((3 * host_ms + 2) * 1e6))
