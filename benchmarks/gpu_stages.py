@@ -138,7 +138,10 @@ def train(args):
     if epoch_seconds:
         values["epoch_s_min"], values["epoch_s_max"] = min(epoch_seconds), max(epoch_seconds)
     if backend.get_backend() == "cupy":
-        values.update(gpu_memory())        # after the run's fit and evaluate, before anything else here
+        try:
+            values.update(gpu_memory())    # after the run's fit and evaluate, before anything else here
+        except Exception as exc:  # noqa: BLE001 - a figure lost, not the weights the transfer stage needs
+            print(f"(GPU memory figures failed: {type(exc).__name__}: {exc})")
     values["peak_rss_mb"] = peak_rss_mb()
 
     model = run["model"]
