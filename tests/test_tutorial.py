@@ -1,5 +1,6 @@
-"""The tutorials stay true: their ```python blocks run, top to bottom in one namespace per file, on the
-first 1,000 training and 500 test digits of the real MNIST; they walk the notebook's seven steps;
+"""The tutorials stay true: their ```python blocks run, top to bottom in one namespace, on the first
+1,000 training and 500 test digits of the real MNIST (the English file's; the Chinese one holds the same
+code, and tests/test_notebooks.py runs both as notebooks); they walk the notebook's seven steps;
 every picture they show exists; the twins' loops they quote stand as quoted in minialex/naive.py; the
 functions and files they name exist.
 
@@ -103,9 +104,10 @@ def test_both_tutorials_hold_the_same_code():
     assert [code for _, code in python_blocks(english)] == [code for _, code in python_blocks(chinese)]
 
 
-def test_the_code_runs_top_to_bottom(tutorial, mnist_dir, monkeypatch, tmp_path):
+def test_the_code_runs_top_to_bottom(mnist_dir, monkeypatch, tmp_path):
     pytest.importorskip("matplotlib")   # the tutorial draws its pictures
-    path, text = tutorial
+    path = DOCS / "tutorial.md"
+    text = path.read_text(encoding="utf-8")
     (x_train, y_train), (x_test, y_test) = minialex.data.load_mnist(mnist_dir)
     subset = (x_train[:TRAIN_DIGITS], y_train[:TRAIN_DIGITS]), (x_test[:TEST_DIGITS], y_test[:TEST_DIGITS])
 
@@ -117,10 +119,14 @@ def test_the_code_runs_top_to_bottom(tutorial, mnist_dir, monkeypatch, tmp_path)
     monkeypatch.setattr(minialex.data.mnist, "load_mnist", load_subset)
     monkeypatch.chdir(tmp_path)   # the pictures the tutorial draws land here
     namespace = {"__name__": "__tutorial__"}
-    with backend.set_backend("numpy"):
-        for line, code in python_blocks(text):
-            # Padding with newlines makes a traceback name the tutorial's own line numbers.
-            exec(compile("\n" * (line - 1) + code, str(path), "exec"), namespace)
+    try:
+        with backend.set_backend("numpy"):
+            for line, code in python_blocks(text):
+                # Padding with newlines makes a traceback name the tutorial's own line numbers.
+                exec(compile("\n" * (line - 1) + code, str(path), "exec"), namespace)
+    finally:
+        if "plt" in namespace:
+            namespace["plt"].close("all")       # the figures that show the pictures in a notebook
 
     history = namespace["history"].history
     assert len(history["loss"]) == 5 and history["loss"][-1] < history["loss"][0]
