@@ -14,7 +14,7 @@ count). What CuPy would launch a kernel for counts one:
 - every copy: ``copy()``, ``astype``, ``x[...] = y`` (a copy or a fill), a reshape that must copy,
   a fancy-index gather ``x[indices]``; creation that fills (``zeros``, ``ones``, ``arange``) and
   moving data onto the device (``asarray`` of host data);
-- a fused kernel (``backend.fuse`` / ``minialex.kernels``) once, whatever it does inside.
+- a fused kernel (``backend.fuse``, ``minialex.kernels``) once, whatever it does inside.
 
 Views (slices, ``.T``, reshapes that need no copy, ``as_strided``) and ``empty`` cost nothing. The
 backend reports itself as neither 'numpy' nor 'cupy', so everything runs as on the GPU: one thread,
@@ -124,11 +124,13 @@ def _count(launches=1):
 
 
 def _plain(value):
-    """CountingArrays (also inside lists and tuples) as plain NumPy arrays."""
+    """CountingArrays (also inside lists, tuples and dicts) as plain NumPy arrays."""
     if isinstance(value, CountingArray):
         return value.view(numpy.ndarray)
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {key: _plain(v) for key, v in value.items()}
     return value
 
 
@@ -224,8 +226,9 @@ def _module_function(name, function):
             same = isinstance(source, CountingArray) and (dtype is None or numpy.dtype(dtype) == source.dtype)
             _count(0 if same and name == "asarray" else 1)       # else: a host-to-device copy, or a cast
         else:
-            if name not in FUNCTION_LAUNCHES and _active["counter"] is not None:
-                _active["counter"].assumed.add(name)
+            counter = _active["counter"]
+            if name not in FUNCTION_LAUNCHES and counter is not None and not counter.paused:
+                counter.assumed.add(name)
             launches = FUNCTION_LAUNCHES.get(name, 1)
             _count(launches(*args, **kwargs) if callable(launches) else launches)
         return _counting(function(*_plain(args), **_plain(kwargs)))
@@ -239,8 +242,8 @@ def _as_strided(array, shape=None, strides=None, **kwargs):
 class CountingModule:
     """The array module while counting: NumPy's names, with functions that count their launches.
 
-    Ufuncs pass through as they are (a CountingArray counts them when called); ``fused`` is what a
-    fused kernel (``minialex.kernels``) calls on a module that is neither NumPy nor CuPy.
+    Ufuncs pass through as they are (a CountingArray counts them when called); ``fuse`` stands for
+    ``cupy.fuse``: what ``backend.fuse`` and ``minialex.kernels`` call on a module that is not NumPy.
     """
 
     __name__ = "minialex_launch_count"
@@ -257,12 +260,16 @@ class CountingModule:
         return value
 
     @staticmethod
-    def fused(function, *args, **kwargs):
-        """Run ``function`` (a fused kernel's NumPy twin) as ONE launch."""
-        _count(1)
-        counter = _active["counter"]
-        with counter.pause() if counter is not None else contextlib.nullcontext():
-            return function(*args, **kwargs)
+    def fuse(function):
+        """What ``backend.fuse`` and ``minialex.kernels`` ask for: ``function`` (a fused kernel's NumPy
+        twin) run as ONE launch."""
+        @functools.wraps(function)
+        def fused(*args, **kwargs):
+            _count(1)
+            counter = _active["counter"]
+            with counter.pause() if counter is not None else contextlib.nullcontext():
+                return function(*args, **kwargs)
+        return fused
 
 
 MODULE = CountingModule()

@@ -15,6 +15,7 @@ Random numbers live in ``minialex.random``, CPU threads in ``minialex.parallel``
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -22,8 +23,8 @@ import sys
 import numpy
 
 __all__ = [
-    "BackendError", "as_strided", "available_backends", "describe_device", "get_array_module", "get_backend",
-    "set_backend", "synchronize", "to_device", "to_numpy", "xp",
+    "BackendError", "as_strided", "available_backends", "describe_device", "fuse", "get_array_module", "get_backend",
+    "on_cpu", "set_backend", "synchronize", "to_device", "to_numpy", "xp",
 ]
 
 BACKENDS = ("numpy", "cupy", "auto")
@@ -124,6 +125,35 @@ def get_array_module(*arrays):
         if type(array).__module__.startswith("cupy"):
             return sys.modules["cupy"]      # a CuPy array exists, so cupy is imported: no driver query
     return numpy
+
+
+def on_cpu(*arrays) -> bool:
+    """True if the arrays are NumPy's. Where a GPU path differs from the CPU's (one fused kernel where
+    NumPy takes several steps: ``minialex.kernels``), code asks this to choose."""
+    return get_array_module(*arrays) is numpy
+
+
+def fuse(function):
+    """``function``, elementwise maths on arrays, as ONE kernel on a GPU; on NumPy, ``function`` itself.
+
+    On CuPy each operation is a kernel launch, which costs the host more time than a small network's
+    arithmetic; ``cupy.fuse`` compiles the whole function into one. Write it with operators and ufuncs
+    on its arguments only (no branching on them, at most one reduction, at the end). On NumPy it runs
+    line by line, exactly as written. Another array module (the launch counter's stand-in,
+    benchmarks/launch_count.py) is asked for its own ``fuse``.
+    """
+    compiled = {}
+
+    @functools.wraps(function)
+    def call(*args):
+        module = get_array_module(*args)
+        if module is numpy:
+            return function(*args)
+        if module not in compiled:
+            compiled[module] = module.fuse(function)
+        return compiled[module](*args)
+
+    return call
 
 
 def to_device(array, dtype=None):

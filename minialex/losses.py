@@ -8,10 +8,11 @@ Taking log p straight from the logits never computes log(softmax(z)), which unde
 when a probability rounds to zero; and the gradient (p - y) / N skips the softmax's Jacobian.
 This is what Keras computes for a model ending in Dense(..., activation='softmax') compiled with
 loss='categorical_crossentropy'.
+On a GPU one kernel computes each row's loss and probabilities (``minialex.kernels``).
 """
 from __future__ import annotations
 
-from . import backend
+from . import backend, kernels
 
 
 class SoftmaxCrossEntropy:
@@ -21,6 +22,10 @@ class SoftmaxCrossEntropy:
             raise ValueError(f"logits {tuple(logits.shape)} and one-hot targets {tuple(y_onehot.shape)} "
                              "must both be (batch, classes)")
         xp = backend.get_array_module(logits)
+        if not backend.on_cpu(logits):   # a GPU: one kernel for the rows, then their sum
+            row_losses, self._probs = kernels.softmax_cross_entropy(logits, y_onehot)
+            self._y = y_onehot
+            return row_losses.sum()
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         self._probs, self._y = xp.exp(log_probs), y_onehot
@@ -32,4 +37,10 @@ class SoftmaxCrossEntropy:
         A shard of a larger batch passes the whole batch's size: the shards' gradients then add up
         to the gradient of the whole batch's mean loss.
         """
-        return (self._probs - self._y) / (batch_size or self._probs.shape[0])
+        return gradient(self._probs, self._y, batch_size or self._probs.shape[0])
+
+
+@backend.fuse
+def gradient(probs, y_onehot, n):
+    """(p - y) / N: one kernel on a GPU (``backend.fuse``)."""
+    return (probs - y_onehot) / n

@@ -12,7 +12,7 @@ Adam (Keras, Kingma & Ba with epsilon outside the square root), at step t = 1, 2
 """
 from __future__ import annotations
 
-from . import backend
+from . import backend, kernels
 
 
 class Optimizer:
@@ -108,6 +108,8 @@ class Adam(Optimizer):
         m, v = self.slots["m"][index], self.slots["v"][index]
         t = self.iterations
         alpha = self.learning_rate * (1.0 - self.beta_2 ** t) ** 0.5 / (1.0 - self.beta_1 ** t)
+        if not backend.on_cpu(param):   # a GPU: the lines below in one kernel
+            return kernels.adam(param, grad, m, v, alpha, self.beta_1, self.beta_2, self.epsilon)
         # The formulas above, written in place through one scratch array (no temporaries).
         if index not in self._scratch or self._scratch[index].shape != param.shape:
             self._scratch[index] = xp.empty_like(param)

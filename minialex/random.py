@@ -55,7 +55,7 @@ class Generator:
     def bits_at(self, position, count):
         """The SplitMix64 values at positions ``position + 1`` ... ``position + count`` (no state change)."""
         xp = backend.xp()
-        start = (self.seed + (position + 1) * GOLDEN_GAMMA) & MASK64
+        start = self.start_at(position)
         z = xp.arange(count, dtype=xp.uint64)
         z *= xp.uint64(GOLDEN_GAMMA)
         z += xp.uint64(start)
@@ -65,6 +65,18 @@ class Generator:
         z *= xp.uint64(0x94D049BB133111EB)
         z ^= z >> xp.uint64(31)
         return z
+
+    def start_at(self, position) -> int:
+        """z before the finaliser for the draw after ``position``: seed + (position + 1) * GOLDEN_GAMMA
+        (mod 2**64); the i-th draw from there starts from that plus i * GOLDEN_GAMMA."""
+        return (self.seed + (position + 1) * GOLDEN_GAMMA) & MASK64
+
+    def take(self, count: int) -> int:
+        """Reserve the next ``count`` draws for code that computes them itself (the GPU's dropout
+        kernel, ``minialex.kernels``): returns their ``start_at`` and moves on as ``bits`` would."""
+        start = self.start_at(self.position)
+        self.position += count
+        return start
 
     def random(self, shape, dtype="float32"):
         """Uniform numbers in [0, 1): 24 random bits for float32, 53 for float64."""

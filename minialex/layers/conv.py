@@ -21,13 +21,15 @@ tap (i, j)'s columns of dcols are dz @ kernel[i, j]^T, a contiguous (N, OH, OW, 
 nine small products and nine slice-adds straight into dx, each skipping what its tap read from the
 padding (``col2im`` stays as the reference it is tested against).
 The first layer of a model needs no dx at all (``needs_input_grad = False``).
+On a GPU, where each launch costs more than these small products, the padding and im2col are one
+kernel, and dx is one product dcols = dz @ K^T and one col2im kernel (``minialex.kernels``).
 
 Output sizes are Keras's: 'valid' floor((H - KH) / SH) + 1, 'same' ceil(H / SH), with the 'same'
 zeros split as TensorFlow does (the odd one at the bottom/right).
 """
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, kernels
 from .activations import WithActivation
 from .base import check_padding, glorot_uniform, normalize_pair, same_padding, window_output_size
 
@@ -156,8 +158,11 @@ class Conv2D(WithActivation):
         n = x.shape[0]
         oh, ow, f = self.output_shape
         pad_h, pad_w = self._pads()
-        xpad = xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))) if self.padding == "same" else x
-        cols = im2col(xpad, self.kernel_size, self.strides, (oh, ow), ones_column=self.use_bias)
+        if backend.on_cpu(x):
+            xpad = xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))) if self.padding == "same" else x
+            cols = im2col(xpad, self.kernel_size, self.strides, (oh, ow), ones_column=self.use_bias)
+        else:   # a GPU: the same cols from one kernel
+            cols = kernels.im2col(x, (pad_h, pad_w), self.kernel_size, self.strides, (oh, ow), self.use_bias)
         z = cols @ self._weights()
         if training:
             self._cols, self._x_shape = cols, x.shape
@@ -176,4 +181,7 @@ class Conv2D(WithActivation):
                 self.grads["bias"][...] = dweights[-1]
         if not self.needs_input_grad:
             return None
-        return col2im_by_taps(dz, kernel, self._x_shape, self._pads(), self.strides, (oh, ow))
+        if backend.on_cpu(dz):
+            return col2im_by_taps(dz, kernel, self._x_shape, self._pads(), self.strides, (oh, ow))
+        dcols = dz @ kernel.reshape(-1, f).T     # a GPU: one product, then col2im in one kernel
+        return kernels.col2im(dcols, self._x_shape, self._pads(), self.kernel_size, self.strides, (oh, ow))

@@ -4,11 +4,12 @@ Training:  mask = [u >= rate] / (1 - rate),  u ~ U[0, 1) per element;   y = x * 
 Inference: y = x.
 Kept units are scaled up by 1 / (1 - rate) during training, so nothing changes at inference time.
 Backward: dx = dout * mask (the same mask). Masks come from the run's generator
-(``minialex.random.get_rng()``), so a seed fixes them.
+(``minialex.random.get_rng()``), so a seed fixes them. On a GPU one kernel draws the same numbers,
+makes the mask and applies it (``minialex.kernels.dropout``).
 """
 from __future__ import annotations
 
-from .. import random
+from .. import backend, kernels, random
 from .base import Layer
 
 
@@ -26,6 +27,9 @@ class Dropout(Layer):
         if self.rate == 0.0:
             self._mask = None
             return x
+        if not backend.on_cpu(x):   # a GPU: one kernel
+            y, self._mask = kernels.dropout(x, self.rate, random.get_rng())
+            return y
         keep = random.get_rng().random(x.shape, x.dtype) >= self.rate
         self._mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.rate))
         return x * self._mask

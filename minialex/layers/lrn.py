@@ -10,6 +10,7 @@ sqr_sum = (x * x) @ B. With den = bias + alpha * sqr_sum and B symmetric, the ex
     dx = dout / den^beta  -  2 * alpha * beta * x * ((dout * y / den) @ B)
 
 (the second term: every output d whose window holds channel k sends its share back to x_k).
+On a GPU each pass is one kernel that sums the 2r + 1 channels itself (``minialex.kernels.lrn``).
 
 Two conventions for the same layer:
 - TensorFlow and the AlexNet paper (Krizhevsky et al., 2012: k, n, alpha, beta) put alpha on the
@@ -22,7 +23,7 @@ PyTorch's LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=1).
 """
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, kernels
 from .base import Layer
 
 
@@ -81,16 +82,21 @@ class LocalResponseNorm(Layer):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        den = self._window_sum(x * x, self.alpha)     # alpha * sqr_sum, then + bias in place
-        den += self.bias
-        den_beta = power(den, self.beta)
-        y = x / den_beta
+        if backend.on_cpu(x):
+            den = self._window_sum(x * x, self.alpha)     # alpha * sqr_sum, then + bias in place
+            den += self.bias
+            den_beta = power(den, self.beta)
+            y = x / den_beta
+        else:   # a GPU: one kernel
+            (y, den), den_beta = kernels.lrn(x, self.depth_radius, self.bias, self.alpha, self.beta), None
         if training:
             self._x, self._y, self._den, self._den_beta = x, y, den, den_beta
         return y
 
     def backward(self, dout):
         x, y, den, den_beta = self._x, self._y, self._den, self._den_beta
+        if not backend.on_cpu(dout):   # a GPU: one kernel
+            return kernels.lrn_backward(dout, x, y, den, self.depth_radius, self.alpha, self.beta)
         ratio = dout * y
         ratio /= den
         window_sum = self._window_sum(ratio, 2.0 * self.alpha * self.beta)   # outputs whose window holds k

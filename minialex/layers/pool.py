@@ -14,11 +14,11 @@ the first pass reads whole rows (W*C contiguous values), which is what makes it 
 Backward retraces the two passes: each dout goes to the first column (from the left) whose maximum
 won, then within that column to the first row (from the top) holding it. So a window with ties
 sends its whole gradient to ONE input: the leftmost column's topmost maximum. Overlapping windows
-(stride < pool) add up.
+(stride < pool) add up. On a GPU each way is one kernel with the same rule (``minialex.kernels``).
 """
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, kernels
 from .base import Layer, check_padding, normalize_pair, same_padding, window_output_size
 
 
@@ -35,19 +35,29 @@ class MaxPool2D(Layer):
         out = window_output_size(self.name, input_shape[:2], self.pool_size, self.strides, self.padding, "pool")
         return out + (input_shape[2],)
 
+    def _pads(self, x):
+        """((top, bottom), (left, right)): 'same' padding as TensorFlow places it, or none."""
+        if self.padding == "valid":
+            return (0, 0), (0, 0)
+        (h, w), (ph, pw), (sh, sw) = x.shape[1:3], self.pool_size, self.strides
+        return same_padding(h, ph, sh), same_padding(w, pw, sw)
+
     def _pad(self, x):
         if self.padding == "valid":
             return x, (0, 0)
         xp = backend.get_array_module(x)
-        h, w, _ = x.shape[1:]
-        pad_h = same_padding(h, self.pool_size[0], self.strides[0])
-        pad_w = same_padding(w, self.pool_size[1], self.strides[1])
+        pad_h, pad_w = self._pads(x)
         return xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)), constant_values=-xp.inf), (pad_h[0], pad_w[0])
 
     def forward(self, x, training=False):
         x = self._prepare(x)
         oh, ow, _ = self.compute_output_shape(x.shape[1:])
         (ph, pw), (sh, sw) = self.pool_size, self.strides
+        if not backend.on_cpu(x):     # a GPU: one kernel
+            y = kernels.max_pool(x, self.pool_size, self.strides, self._pads(x), (oh, ow))
+            if training:
+                self._x, self._y = x, y
+            return y
         xpad, corner = self._pad(x)
         cols = max_over_taps(xpad, axis=1, size=ph, stride=sh, length=oh)   # (N, OH, Wp, C)
         y = max_over_taps(cols, axis=2, size=pw, stride=sw, length=ow)      # (N, OH, OW, C)
@@ -58,6 +68,9 @@ class MaxPool2D(Layer):
     def backward(self, dout):
         (ph, pw), (sh, sw) = self.pool_size, self.strides
         oh, ow = self._y.shape[1:3]
+        if not backend.on_cpu(dout):  # a GPU: one kernel
+            return kernels.max_pool_backward(dout, self._x, self._y, self.pool_size, self.strides,
+                                             self._pads(self._x), (oh, ow))
         dcols = route_to_first_max(dout, self._cols, self._y, axis=2, size=pw, stride=sw, length=ow)
         dxpad = route_to_first_max(dcols, self._xpad, self._cols, axis=1, size=ph, stride=sh, length=oh)
         top, left = self._corner
