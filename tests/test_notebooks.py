@@ -118,6 +118,7 @@ def test_the_notebook_runs_top_to_bottom(pair, mnist_dir, tmp_path, monkeypatch)
 
     streams = "".join(output.text for output in outputs(notebook, "stream"))
     assert "Test accuracy:" in streams and "Epoch 5/5" in streams
+    assert "the same digit for all 50: True" in streams        # minialex against Keras, the same weights
     warnings = [output.text for output in outputs(notebook, "stream") if output.name == "stderr"
                 and ("minialex" in output.text or "tqdm" in output.text)]
     assert not warnings, f"the notebook warns:\n{''.join(warnings)}"

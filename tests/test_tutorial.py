@@ -106,6 +106,7 @@ def test_both_tutorials_hold_the_same_code():
 
 def test_the_code_runs_top_to_bottom(mnist_dir, monkeypatch, tmp_path):
     pytest.importorskip("matplotlib")   # the tutorial draws its pictures
+    pytest.importorskip("h5py")         # and reads the Keras notebook's weights
     path = DOCS / "tutorial.md"
     text = path.read_text(encoding="utf-8")
     (x_train, y_train), (x_test, y_test) = minialex.data.load_mnist(mnist_dir)
@@ -131,6 +132,7 @@ def test_the_code_runs_top_to_bottom(mnist_dir, monkeypatch, tmp_path):
     history = namespace["history"].history
     assert len(history["loss"]) == 5 and history["loss"][-1] < history["loss"][0]
     assert namespace["test_accuracy"] > 0.5
+    assert namespace["difference"].max() <= 1e-5      # minialex and Keras, the same weights: float32 rounding
     assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == sorted(
         ["history.png", "filters_before.png", "filters_after.png", "feature_maps.png", "confusion_matrix.png",
          "misclassified.png"])
