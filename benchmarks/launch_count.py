@@ -364,7 +364,7 @@ def table(counts, names):
 
     def row(label, forward, backward, infer):
         cells = [f"{v:>{w}}" if v else f"{'':>{w}}" for v, w in ((forward, 14), (backward, 10), (infer, 11))]
-        lines.append(f"{label:<24}" + "".join(cells))
+        lines.append((f"{label:<24}" + "".join(cells)).rstrip())
 
     parts = names + ["loss + accuracy"]
     for name in parts:

@@ -76,3 +76,20 @@ def test_the_tutorial_step_is_within_the_issue_s_targets(tutorial_counts):
     assert step <= 100 and inference <= 40, (step, inference)
     assert not tutorial_counts["assumed"], "functions without a launch count in FUNCTION_LAUNCHES"
     assert tutorial_counts["step"][("forward", "conv2d")] > 0 and tutorial_counts["step"]["optimiser"] > 0
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.mark.parametrize("name", ["launches.md", "launches.zh.md"])
+def test_the_docs_show_what_the_counter_counts_and_quote_the_code(tutorial_counts, name):
+    import re
+
+    text = (DOCS / name).read_text(encoding="utf-8")
+    shown = re.search(r"^```text\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)[1]
+    step, inference = sum(tutorial_counts["step"].values()), sum(tutorial_counts["inference"].values())
+    expected = launch_count.table(tutorial_counts, launch_count.layer_names())
+    assert shown == expected + f"\n\nRESULT launches_per_step={step} launches_per_inference_batch={inference}\n"
+    sources = "".join(path.read_text() for path in (DOCS.parent / "minialex").rglob("*.py"))
+    for code in re.findall(r"^```python\n(.*?)^```$", text, re.MULTILINE | re.DOTALL):
+        assert code in sources, f"docs/{name} quotes code that is not in minialex:\n{code}"
