@@ -70,6 +70,15 @@ def test_every_picture_shown_exists(tutorial):
         assert (path.parent / link).is_file(), f"{path.name} links to {link}, which does not exist"
 
 
+def test_every_file_linked_exists(tutorial):
+    """Links to files beside the tutorial (the other language, the notebooks, launches.md) lead somewhere."""
+    path, text = tutorial
+    links = [link for link in re.findall(r"\]\(([^)\s#]+)\)", text) if "://" not in link]
+    assert any(link.endswith(".ipynb") for link in links), f"{path.name} does not link its notebook"
+    for link in links:
+        assert (path.parent / link).exists(), f"{path.name} links to {link}, which does not exist"
+
+
 def test_the_twins_loops_stand_as_quoted(tutorial):
     """Each ```python twin block is a run of consecutive lines of minialex/naive.py, indentation aside."""
     path, text = tutorial
