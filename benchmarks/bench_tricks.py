@@ -243,12 +243,15 @@ def trick_comparisons(net):
             cols=im2col(xpad, layer.kernel_size, layer.strides, layer.output_shape[:2]),
             cols1=im2col(xpad, layer.kernel_size, layer.strides, layer.output_shape[:2], ones_column=True))
 
+    for c in convs:   # [K; bias]: in a model, the flat buffer holds kernel and bias back to back
+        geometry[c.name]["weights"] = xp.concatenate([geometry[c.name]["matrix"], geometry[c.name]["bias"][None]])
+
     def with_ones():
         out = []
         for c in convs:
             s = geometry[c.name]
             cols = im2col(s["xpad"], c.kernel_size, c.strides, s["out"], ones_column=True)
-            out.append(cols @ xp.concatenate([s["matrix"], s["bias"][None]]))
+            out.append(cols @ s["weights"])
         return out
 
     def separate_bias():
