@@ -135,9 +135,8 @@ class Progress:
         if verbose:
             print(f"Epoch {epoch + 1}/{epochs}", flush=True)
         if verbose == 1:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps, file=sys.stdout, leave=False, disable=None, ascii=".=",
+            tqdm, disable = progress_bar()
+            bar = tqdm(total=steps, file=sys.stdout, leave=False, disable=disable, ascii=".=",
                        bar_format="{n_fmt}/{total_fmt} [{bar:30}] - ETA: {remaining} - {postfix}")
             self.bar = None if bar.disable else bar    # no terminal, no bar: nothing to read back for
 
@@ -153,6 +152,30 @@ class Progress:
             per_step = 1000.0 * seconds / max(self.steps, 1)
             print(f"{self.steps}/{self.steps} [{'=' * 30}] - {seconds:.0f}s {per_step:.0f}ms/step - "
                   f"{_format_logs(logs)}", flush=True)
+
+
+def progress_bar():
+    """(tqdm's bar class, its ``disable``) for where this runs: in Jupyter the widget bar, or the text
+    bar where ipywidgets is missing (Jupyter's output is no terminal, but shows it); elsewhere the
+    text bar on a terminal only (``disable=None``: a log file gets the epoch lines alone)."""
+    if not _in_jupyter():
+        from tqdm.std import tqdm
+        return tqdm, None
+    try:
+        import ipywidgets  # noqa: F401  (the widget bar needs it)
+        from tqdm.notebook import tqdm
+    except ImportError:
+        from tqdm.std import tqdm
+    return tqdm, False
+
+
+def _in_jupyter():
+    """True inside a Jupyter kernel (an IPython kernel app), as tqdm.autonotebook tells it."""
+    ipython = sys.modules.get("IPython")
+    try:
+        return ipython is not None and "IPKernelApp" in ipython.get_ipython().config
+    except AttributeError:     # IPython imported, but no shell running
+        return False
 
 
 def _format_logs(logs):

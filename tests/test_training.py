@@ -1,4 +1,6 @@
 """The fit loop: checkpoints that resume exactly, the non-finite guard, progress output."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -190,3 +192,23 @@ def test_last_partial_batch_is_used():
     model = compiled(seed=0)
     model.fit(*quadrant_data(35), epochs=1, batch_size=16, verbose=0)
     assert model.optimizer.iterations == 3
+
+
+def test_the_progress_bar_fits_where_it_runs(monkeypatch):
+    import types
+
+    import tqdm.notebook
+    import tqdm.std
+
+    assert training.progress_bar() == (tqdm.std.tqdm, None)        # a terminal's bar, none in a log file
+
+    class KernelShell:
+        config = {"IPKernelApp": {}}
+
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = KernelShell
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)          # Jupyter without ipywidgets: a text bar
+    assert training.progress_bar() == (tqdm.std.tqdm, False)
+    monkeypatch.setitem(sys.modules, "ipywidgets", types.ModuleType("ipywidgets"))
+    assert training.progress_bar() == (tqdm.notebook.tqdm, False)  # with it: the widget
