@@ -7,6 +7,7 @@ both over the layers where the trick applies (e.g. all five convolutions):
     the layer             against its plain twin (``minialex.naive``), forward and backward
     im2col's C == 1 branch  against im2col's general branch, on the first convolution's input
     the ones column       against a separate bias add (forward) and a separate sum of dz (backward)
+    d[K; bias] as (dz^T cols)^T  against cols^T dz, the same product in the other order
     col2im by taps        against dcols = dz @ K^T and col2im(dcols) (the formula's path)
     LRN's band matrix     against a loop over the window, 2r + 1 shifted slice-adds
     power() by roots      against den ** beta
@@ -306,6 +307,9 @@ def trick_comparisons(net):
                    f"{len(convs)} conv", with_ones, separate_bias),
         Comparison("conv weight gradient: bias by the ones column vs a separate sum of dz",
                    f"{len(convs)} conv", gradient_with_ones, gradient_separate_bias),
+        Comparison("conv weight gradient: (dz^T [cols, 1])^T vs [cols, 1]^T dz, the same product", f"{len(convs)} conv",
+                   gradient_with_ones,
+                   lambda: [geometry[c.name]["cols1"].T @ geometry[c.name]["dz"] for c in convs]),
         Comparison("conv dx: col2im by taps vs dcols = dz @ K^T, then col2im", f"{len(with_dx)} conv",
                    by_taps, via_dcols),
         Comparison("LRN window sum: band-matrix product vs a loop over the window", f"{len(lrns)} LRN",

@@ -172,7 +172,8 @@ class Conv2D(WithActivation):
         oh, ow, f = self.output_shape
         dz = self._activation_backward(dout).reshape(-1, f)
         kernel = self.params["kernel"]
-        dweights = (dz.T @ self._cols).T    # = cols^T @ dz, in the order BLAS runs faster (benchmarks/)
+        # = cols^T @ dz; which order BLAS runs faster depends on the CPU (benchmarks/bench_tricks.py times both)
+        dweights = (dz.T @ self._cols).T
         if self.packed_grads is not None:   # d kernel and d bias lie back to back: one copy
             self.packed_grads.reshape(-1, f)[...] = dweights
         else:
