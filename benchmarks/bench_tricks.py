@@ -75,7 +75,6 @@ class Network:
 
     def __init__(self, batch=common.BATCH, seed=0):
         self.model = common.tutorial_model(seed)
-        self.model.layers[0].needs_input_grad = False        # as in training: no dx for the first layer
         x, y = common.tutorial_batch(batch, seed)
         self.inputs, self.grads = {}, {}
         rng = numpy.random.default_rng(seed)
@@ -88,6 +87,10 @@ class Network:
 
     def layers(self, kind):
         return [layer for layer in self.model.layers if isinstance(layer, kind)]
+
+    def needs_input_grad(self, layer):
+        """As in training: every layer computes dx but the first."""
+        return layer is not self.model.layers[0]
 
 
 def host(array, images=None):
@@ -111,7 +114,7 @@ def twin_comparisons(net, images=TWIN_IMAGES):
         return lambda: [layer.forward(x[layer.name], training=True, **options) for layer in layers]
 
     def fast_backward(layers):
-        return lambda: [layer.backward(g[layer.name]) for layer in layers]
+        return lambda: [layer.backward(g[layer.name], input_grad=net.needs_input_grad(layer)) for layer in layers]
 
     twin_x = {name: host(value, images) for name, value in x.items()}
     twin_g = {name: host(value, images) for name, value in g.items()}
@@ -271,7 +274,7 @@ def trick_comparisons(net):
         return [xp.concatenate([(geometry[c.name]["dz"].T @ geometry[c.name]["cols"]).T,
                                 geometry[c.name]["dz"].sum(axis=0)[None]]) for c in convs]
 
-    with_dx = [c for c in convs if c.needs_input_grad]
+    with_dx = [c for c in convs if net.needs_input_grad(c)]
 
     def by_taps():
         return [col2im_by_taps(geometry[c.name]["dz"], geometry[c.name]["kernel"], net.inputs[c.name].shape,

@@ -205,11 +205,11 @@ def main(argv=None):
 
     if not args.skip_layers:
         for index, (layer, layer_x) in enumerate(common.layer_inputs(model, x)):
-            layer.needs_input_grad = index > 0
             out = layer.forward(layer_x, training=True)
             dout = backend.xp().ones_like(out)
-            ours = {"forward": lambda: layer.forward(layer_x, training=True),
-                    "fwd+bwd": lambda: (layer.forward(layer_x, training=True), layer.backward(dout))}
+            ours = {"forward": lambda: layer.forward(layer_x, training=True),   # no dx for the first layer:
+                    "fwd+bwd": lambda: (layer.forward(layer_x, training=True),   # as in training
+                                        layer.backward(dout, input_grad=index > 0))}
             theirs = {}
             if reference is not None:
                 shape = dict((n, s) for n, _, s in reference.named_blocks)[layer.name]
@@ -226,7 +226,6 @@ def main(argv=None):
                 flops = common.layer_flops(layer, common.BATCH, backward=kind == "fwd+bwd", input_grad=index > 0)
                 row(f"{layer.name} {kind}", times["ours"], times.get("theirs"), flops, gemm, split)
                 lines.append(layer_line(layer.name, kind, times["ours"], times.get("theirs"), split))
-        model.layers[0].needs_input_grad = True
 
     def step():     # what fit runs per batch: no read-back of the loss, so nothing waits for the card
         model.train_step(x, y)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 
-from . import backend, random
+from . import backend
 
 
 class Kernel:
@@ -310,7 +310,7 @@ max_pool_backward = Kernel(max_pool_backward_twin, _max_pool_backward_cuda)
 
 def dropout_twin(x, rate, rng):
     """(y, mask): mask = [u >= rate] / (1 - rate) from the generator's next draws u, and y = x * mask."""
-    mask = (rng.random(x.shape, x.dtype) >= rate).astype(x.dtype) * (1.0 / (1.0 - rate))
+    mask = (rng.random(x.shape, x.dtype, like=x) >= rate).astype(x.dtype) * (1.0 / (1.0 - rate))
     return x * mask, mask
 
 
@@ -327,10 +327,8 @@ DROPOUT = ("dropout", "T x, uint64 start, T rate, T scale", "T y, T mask", """
 
 
 def _dropout_cuda(cupy, x, rate, rng):
-    if type(rng).bits is not random.Generator.bits:       # a generator that draws otherwise: the twin
-        return dropout_twin(x, rate, rng)
     y, mask = cupy.empty_like(x), cupy.empty_like(x)
-    _elementwise(cupy, DROPOUT)(x, cupy.uint64(rng.take(x.size)), rate, 1.0 / (1.0 - rate), y, mask)
+    _elementwise(cupy, DROPOUT)(x, cupy.uint64(rng.reserve(x.shape)), rate, 1.0 / (1.0 - rate), y, mask)
     return y, mask
 
 

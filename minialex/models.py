@@ -11,8 +11,9 @@ few public methods, and nothing else:
 - ``prepare_inputs(x, y)``: checks the arrays and moves them to the device in the model's dtype;
 - ``forward_loss(x, y, training)``: the forward pass and the loss, (mean loss, correct count);
 - ``backward(input_grad, batch_size)``: fills every layer's ``grads`` (and returns d loss / d x);
-- ``train_step(x, y)``: both over one batch (on the CPU, shard by shard on every core:
-  ``minialex.parallel``); ``apply_gradients()``: one optimiser step;
+- ``train_step(x, y)``: both over one batch (on the CPU, shard by shard on every core, each shard
+  through a ``replica()`` of the model: ``minialex.parallel`` runs them); ``apply_gradients()``: one
+  optimiser step;
 - ``evaluate_sums(x, y, batch_size)``: summed loss and correct count, left on the device;
 - ``weight_items()`` / ``assign_weights(arrays)``: the weights by name, for checkpoints;
 - ``flat_parameters`` / ``flat_gradients``: every weight and every gradient in one array each
@@ -20,9 +21,10 @@ few public methods, and nothing else:
 """
 from __future__ import annotations
 
+import copy
 import math
 
-from . import backend, checks, flat, parallel
+from . import backend, checks, flat, parallel, random
 from .layers import Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D, Softmax
 from .losses import SoftmaxCrossEntropy
 from .optimizers import get_optimizer
@@ -39,6 +41,7 @@ class Sequential:
         self.loss = None
         self._fused_softmax = False
         self.flat_parameters = self.flat_gradients = None
+        self._replicas = []
         for layer in layers or []:
             self.add(layer)
 
@@ -53,6 +56,7 @@ class Sequential:
             layer.name = f"{base}_{suffix}"
         self.layers.append(layer)
         self.flat_parameters = self.flat_gradients = None
+        self._replicas = []
         if self.layers[0].built:
             self.build()
 
@@ -70,6 +74,7 @@ class Sequential:
                 raise ValueError(f"{layer.name} was built for inputs {layer.input_shape} but receives {shape}")
             shape = layer.output_shape
         self.flat_parameters, self.flat_gradients = flat.pack(self.layers)
+        self._replicas = []
 
     @property
     def built(self):
@@ -175,24 +180,59 @@ class Sequential:
         """
         dout = self.loss.backward(batch_size)
         skip_softmax = self._fused_softmax and isinstance(self.layers[-1], Softmax)
-        first, asked = self.layers[0], self.layers[0].needs_input_grad
-        first.needs_input_grad = input_grad
-        try:
-            for layer in reversed(self.layers[:-1] if skip_softmax else self.layers):
-                dout = layer.backward(dout)
-        finally:
-            first.needs_input_grad = asked
-        return dout
+        layers = self.layers[:-1] if skip_softmax else self.layers
+        if not layers:
+            return dout
+        for layer in reversed(layers[1:]):
+            dout = layer.backward(dout)
+        return layers[0].backward(dout, input_grad=input_grad)
 
     def train_step(self, x, y):
         """Forward and backward over one batch: fills the gradients; returns (mean loss, correct count),
-        both still on the device. On the CPU the batch runs shard by shard on every core."""
+        both still on the device.
+
+        On the CPU the batch runs shard by shard on every core (``parallel.run_shards``), shard k
+        through replica k (shard 0 through the model itself). Each shard divides its loss gradient by
+        the whole batch's size and draws exactly the dropout masks that the whole batch gives its rows
+        (``Generator.split_rows``); the replicas' gradients are then summed into the model's, in shard
+        order. So the result is the unsharded step's up to summation order, whatever the thread count.
+        """
         shards = parallel.shard_plan(x.shape[0])
-        if len(shards) > 1:
-            return parallel.sharded_step(self, x, y, shards)
-        loss, correct = self.forward_loss(x, y)
-        self.backward()
-        return loss, correct
+        if len(shards) == 1:
+            loss, correct = self.forward_loss(x, y)
+            self.backward()
+            return loss, correct
+        n = x.shape[0]
+        networks = [self] + self.replicas(len(shards) - 1)
+
+        def shard_step(k):
+            rows = shards[k]
+            with random.using_rng(generators[k]):
+                loss, correct = networks[k].forward_loss(x[rows], y[rows])
+            networks[k].backward(batch_size=n)     # each shard's gradient is its part of the batch's mean
+            return loss * (rows.stop - rows.start), correct
+
+        with random.get_rng().split_rows(shards, n) as generators:    # the whole batch's dropout masks
+            results = parallel.run_shards(shard_step, len(shards))
+        for replica in networks[1:]:
+            self.flat_gradients += replica.flat_gradients
+        return sum(loss for loss, _ in results) / n, sum(correct for _, correct in results)
+
+    def replicas(self, count):
+        """``count`` replicas of the model for a data-parallel step: made once, again after a rebuild.
+
+        A replica shares the weights (the very arrays) but has its own layers' per-call state, its
+        own loss and its own gradient buffer, so shards can run side by side.
+        """
+        while len(self._replicas) < count:
+            replica = copy.copy(self)
+            replica.layers = [layer.replica() for layer in self.layers]
+            replica.loss = copy.copy(self.loss)
+            replica.flat_gradients = backend.get_array_module(self.flat_gradients).zeros_like(self.flat_gradients)
+            flat.point_grads_at(replica.layers, replica.flat_gradients)
+            replica._replicas = []
+            self._replicas.append(replica)
+        return self._replicas[:count]
 
     def apply_gradients(self):
         """One optimiser step over the flat parameter and gradient buffers."""

@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 from minialex import random
 from minialex.layers import Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D
 from minialex.models import Sequential
-from minialex.parallel import MIN_SHARD_ROWS, RowSlicedGenerator, replicas_of, shard_plan
+from minialex.parallel import MIN_SHARD_ROWS, shard_plan
 
 
 def small_model(seed=3, dtype="float64"):
@@ -68,7 +68,7 @@ def test_sharded_step_matches_the_unsharded_step(threads, n, shards):
     plain_rng = random.get_rng().get_state()
     sharded, sharded_results = train(threads, steps=3, n=n)
     assert random.get_rng().get_state() == plain_rng          # past the whole batches' draws
-    replicas = replicas_of(sharded, shards - 1)
+    replicas = sharded.replicas(shards - 1)
     np.testing.assert_allclose(sharded_results, plain_results, rtol=1e-12)
     np.testing.assert_allclose(sharded.flat_gradients, plain.flat_gradients, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(sharded.flat_parameters, plain.flat_parameters, rtol=1e-10, atol=1e-14)
@@ -119,7 +119,7 @@ def test_replicas_share_the_weights_and_follow_a_rebuild():
     x, y = batch(32)
     with threadpool_limits(2, user_api="blas"):
         model.train_on_batch(x, y)
-        (replica,) = replicas_of(model, 1)
+        (replica,) = model.replicas(1)
         for layer, replica_layer in zip(model.layers, replica.layers):
             for key in layer.params:
                 assert replica_layer.params[key] is layer.params[key]
@@ -128,7 +128,7 @@ def test_replicas_share_the_weights_and_follow_a_rebuild():
         model.add(Dense(10, activation="softmax", dtype="float64"))   # repacks the weights
         model.compile(optimizer="adam", loss="categorical_crossentropy")
         model.train_on_batch(x, y)
-        (rebuilt,) = replicas_of(model, 1)
+        (rebuilt,) = model.replicas(1)
         assert rebuilt is not replica and len(rebuilt.layers) == len(model.layers)
         assert rebuilt.layers[-1].params["kernel"] is model.layers[-1].params["kernel"]
 
@@ -139,7 +139,7 @@ def test_row_sliced_generator_draws_the_whole_batch_rows():
     expected = [whole.random((10, 7), "float64"), whole.random((10, 3), "float32")]
     parent = random.Generator(11)
     parent.bits(5)
-    shards = [RowSlicedGenerator(parent, 6, 4, 10), RowSlicedGenerator(parent, 0, 6, 10)]  # any order
+    shards = [random.RowSliced(parent, 6, 4, 10), random.RowSliced(parent, 0, 6, 10)]  # any order
     drawn = [[shard.random((shard.rows, 7), "float64"), shard.random((shard.rows, 3), "float32")]
              for shard in shards]
     for i in range(2):

@@ -101,16 +101,35 @@ def test_dropout_twin_draws_the_layer_s_mask():
     assert generator.position == random.get_rng().position == x.size
 
 
-def test_generator_take_reserves_what_bits_would_draw():
-    generator = random.Generator(11)
-    generator.bits(5)
-    start = generator.take(100)
-    assert generator.position == 105
-    expected = random.Generator(11).bits_at(5, 1)[0]
-    z = np.array([start], dtype=np.uint64)                 # the finaliser, as the dropout kernel runs it
+def splitmix_finaliser(z):
+    """The SplitMix64 finaliser, as the dropout kernel runs it on ``start + i * GOLDEN_GAMMA``."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    assert (z ^ (z >> np.uint64(31)))[0] == expected
+    return z ^ (z >> np.uint64(31))
+
+
+def test_generator_reserve_gives_what_bits_would_draw():
+    generator = random.Generator(11)
+    generator.bits(5)
+    start = generator.reserve((10, 10))
+    assert generator.position == 105
+    expected = random.Generator(11).bits_at(5, 1)[0]
+    assert splitmix_finaliser(np.array([start], dtype=np.uint64))[0] == expected
+
+
+def test_row_sliced_reserve_gives_the_rows_of_the_whole_draw():
+    whole = random.Generator(11)
+    whole.bits(5)
+    expected = whole.bits((10, 3))
+    parent = random.Generator(11)
+    parent.bits(5)
+    with parent.split_rows([slice(0, 6), slice(6, 10)], 10) as (top, bottom):
+        starts = [bottom.reserve((4, 3)), top.reserve((6, 3))]        # any order
+    gamma = np.uint64(random.GOLDEN_GAMMA)
+    for start, rows in zip(starts, (slice(6, 10), slice(0, 6))):
+        z = np.uint64(start) + np.arange(expected[rows].size, dtype=np.uint64) * gamma
+        np.testing.assert_array_equal(splitmix_finaliser(z), expected[rows].ravel())
+    assert parent.position == whole.position
 
 
 def test_softmax_cross_entropy_twin_is_the_loss():

@@ -24,7 +24,7 @@ class ReLU(Layer):
             self._y = y
         return y
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         return relu_backward(dout, self._y)
 
 
@@ -46,7 +46,7 @@ class Softmax(Layer):
             self._y = y
         return y
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         y = self._y
         return y * (dout - (dout * y).sum(axis=-1, keepdims=True))
 

@@ -3,17 +3,17 @@
 The contract (tests, the gradient checker and Sequential rely on it):
 
 - ``forward(x, training=False) -> y`` with ``x`` batch-first, channels-last (N, H, W, C) for images;
-- ``backward(dout) -> dx``, after a ``forward(..., training=True)``; it also fills ``grads``.
-  Only a training forward keeps what backward needs, so inference holds no memory and a forward
-  with training=False may run on several threads at once;
+- ``backward(dout, input_grad=True) -> dx``, after a ``forward(..., training=True)``; it also fills
+  ``grads``. ``input_grad=False`` says the caller needs no dx (Sequential's first layer during
+  training): layers for which dx costs a matrix product (Conv2D, Dense) then skip it and return
+  None, the others return dx anyway. Only a training forward keeps what backward needs, so
+  inference holds no memory and a forward with training=False may run on several threads at once;
 - ``params`` and ``grads``: dicts of arrays with the same keys (empty for parameter-free layers).
   Both are updated *in place*, never rebound: ``params[k][...] = v`` changes the layer (and a
   model may keep them as views of one flat buffer: ``minialex.flat``);
 - layers with parameters take ``dtype=`` (default 'float32'; the gradient checks use 'float64') and
   create them from ``input_shape=`` or on the first forward, on the active backend;
 - a layer runs on whatever backend its input lives on: it takes ``xp`` from its arrays;
-- ``needs_input_grad``: True unless the caller needs no dx (Sequential's first layer during
-  training); layers for which dx costs a matrix product (Conv2D, Dense) then skip it and return None;
 - what a training forward keeps for backward lives in the layer's own attributes (or in a layer
   it holds, such as Conv2D's ReLU);
 - ``packed_params`` / ``packed_grads``: when a model's flat buffers hold the layer's parameters
@@ -21,6 +21,7 @@ The contract (tests, the gradient checker and Sequential rely on it):
 """
 from __future__ import annotations
 
+import copy
 import re
 
 from .. import backend, random
@@ -29,7 +30,6 @@ from .. import backend, random
 class Layer:
     #: number of axes the input must have, batch axis included (None: any number)
     input_ndim: int | None = None
-    needs_input_grad = True
 
     def __init__(self, input_shape=None, dtype="float32", name=None):
         self.dtype = dtype
@@ -103,8 +103,18 @@ class Layer:
     def forward(self, x, training=False):
         raise NotImplementedError
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         raise NotImplementedError
+
+    def replica(self):
+        """A shallow copy for one shard of a data-parallel step: the same ``params`` arrays, its own
+        ``grads`` and per-call state (a layer it holds, such as Conv2D's ReLU, is copied the same way)."""
+        replica = copy.copy(self)
+        replica.grads = {}
+        for name, value in vars(self).items():
+            if isinstance(value, Layer):
+                setattr(replica, name, value.replica())
+        return replica
 
     def __call__(self, x, training=False):
         return self.forward(x, training=training)

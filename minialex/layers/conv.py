@@ -20,7 +20,7 @@ positions (i, j), one strided slice-add. ``backward`` computes the same sum with
 tap (i, j)'s columns of dcols are dz @ kernel[i, j]^T, a contiguous (N, OH, OW, C) block, so it takes
 nine small products and nine slice-adds straight into dx, each skipping what its tap read from the
 padding (``col2im`` stays as the reference it is tested against).
-The first layer of a model needs no dx at all (``needs_input_grad = False``).
+The first layer of a model needs no dx at all (``backward(dout, input_grad=False)``).
 On a GPU, where each launch costs more than these small products, the padding and im2col are one
 kernel, and dx is one product dcols = dz @ K^T and one col2im kernel (``minialex.kernels``).
 
@@ -168,7 +168,7 @@ class Conv2D(WithActivation):
             self._cols, self._x_shape = cols, x.shape
         return self._activate(z.reshape(n, oh, ow, f), training, logits)
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         oh, ow, f = self.output_shape
         dz = self._activation_backward(dout).reshape(-1, f)
         kernel = self.params["kernel"]
@@ -180,7 +180,7 @@ class Conv2D(WithActivation):
             self.grads["kernel"][...] = dweights[:kernel.size // f].reshape(kernel.shape)
             if self.use_bias:
                 self.grads["bias"][...] = dweights[-1]
-        if not self.needs_input_grad:
+        if not input_grad:
             return None
         if backend.on_cpu(dz):
             return col2im_by_taps(dz, kernel, self._x_shape, self._pads(), self.strides, (oh, ow))

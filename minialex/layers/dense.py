@@ -40,10 +40,10 @@ class Dense(WithActivation):
             self._x = x
         return self._activate(z, training, logits)
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         dz = self._activation_backward(dout)
         xp = backend.get_array_module(dz)
         xp.matmul(self._x.T, dz, out=self.grads["kernel"])     # written straight into place (no copy)
         if self.use_bias:
             dz.sum(axis=0, out=self.grads["bias"])
-        return dz @ self.params["kernel"].T if self.needs_input_grad else None
+        return dz @ self.params["kernel"].T if input_grad else None

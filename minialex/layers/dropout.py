@@ -30,9 +30,9 @@ class Dropout(Layer):
         if not backend.on_cpu(x):   # a GPU: one kernel
             y, self._mask = kernels.dropout(x, self.rate, random.get_rng())
             return y
-        keep = random.get_rng().random(x.shape, x.dtype) >= self.rate
+        keep = random.get_rng().random(x.shape, x.dtype, like=x) >= self.rate
         self._mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.rate))
         return x * self._mask
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         return dout if self._mask is None else dout * self._mask

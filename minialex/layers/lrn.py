@@ -93,7 +93,7 @@ class LocalResponseNorm(Layer):
             self._x, self._y, self._den, self._den_beta = x, y, den, den_beta
         return y
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         x, y, den, den_beta = self._x, self._y, self._den, self._den_beta
         if not backend.on_cpu(dout):   # a GPU: one kernel
             return kernels.lrn_backward(dout, x, y, den, self.depth_radius, self.alpha, self.beta)

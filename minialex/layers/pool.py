@@ -65,7 +65,7 @@ class MaxPool2D(Layer):
             self._x_shape, self._xpad, self._cols, self._y, self._corner = x.shape, xpad, cols, y, corner
         return y
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         (ph, pw), (sh, sw) = self.pool_size, self.strides
         oh, ow = self._y.shape[1:3]
         if not backend.on_cpu(dout):  # a GPU: one kernel

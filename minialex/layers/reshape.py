@@ -19,5 +19,5 @@ class Flatten(Layer):
             self._x_shape = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         return dout.reshape(self._x_shape)
