@@ -3,9 +3,7 @@
 A layer keeps its parameters in ``params`` (a dict of arrays) and updates them in place. Packing
 copies them all into one flat buffer and makes each ``params[k]`` a view of its stretch, ``grads``
 likewise; the layers work on exactly as before, while the optimiser updates all weights with a
-handful of array operations over two long arrays instead of a few per tensor. Each layer also gets
-its whole stretch (``packed_params`` / ``packed_grads``): Conv2D's kernel and bias, back to back,
-are its [kernel; bias] matrix with no copy.
+handful of array operations over two long arrays instead of a few per tensor.
 """
 from __future__ import annotations
 
@@ -34,7 +32,6 @@ def pack(layers):
         view[...] = param
         layer.params[key] = view
         offset += param.size
-    _point_packed(layers, flat_params, "packed_params")
     flat_grads = xp.zeros(total, dtype=first.dtype)
     point_grads_at(layers, flat_grads)
     return flat_params, flat_grads
@@ -47,13 +44,4 @@ def point_grads_at(layers, flat_grads):
         for key, param in layer.params.items():
             layer.grads[key] = flat_grads[offset:offset + param.size].reshape(param.shape)
             offset += param.size
-    _point_packed(layers, flat_grads, "packed_grads")
 
-
-def _point_packed(layers, flat_buffer, attribute):
-    """Give each layer with parameters its stretch of ``flat_buffer`` (all its parameters, back to back)."""
-    offset = 0
-    for layer in layers:
-        size = sum(int(param.size) for param in layer.params.values())
-        setattr(layer, attribute, flat_buffer[offset:offset + size] if size else None)
-        offset += size

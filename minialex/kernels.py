@@ -59,41 +59,34 @@ def _pad_spec(pads):
 
 # ---- Conv2D: im2col with its padding, col2im cropped ---------------------------------------------
 
-def im2col_twin(x, pads, kernel_size, strides, out_size, ones_column=False):
-    """cols[(n, oh, ow), (i, j, c)] = xpad[n, oh*SH + i, ow*SW + j, c], xpad = x with ``pads`` zeros;
-    then a column of ones if ``ones_column``. (conv.im2col of the padded input: the same matrix.)"""
+def im2col_twin(x, pads, kernel_size, strides, out_size):
+    """cols[(n, oh, ow), (i, j, c)] = xpad[n, oh*SH + i, ow*SW + j, c], xpad = x with ``pads`` zeros
+    (conv.im2col of the padded input: the same matrix)."""
     xp = backend.get_array_module(x)
     (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_size
     xpad = xp.pad(x, _pad_spec(pads))
     taps = [xpad[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] for i in range(kh) for j in range(kw)]
-    cols = xp.stack(taps, axis=3).reshape(x.shape[0] * oh * ow, -1)       # (N, OH, OW, tap, C) rows
-    if ones_column:
-        cols = xp.concatenate([cols, xp.ones_like(cols[:, :1])], axis=1)
-    return cols
+    return xp.stack(taps, axis=3).reshape(x.shape[0] * oh * ow, -1)       # (N, OH, OW, tap, C) rows
 
 
 IM2COL = ("im2col", "raw T x, int32 H, int32 W, int32 C, int32 KH, int32 KW, int32 SH, int32 SW, "
-          "int32 OH, int32 OW, int32 top, int32 left, int32 width", "T cols", """
+          "int32 OH, int32 OW, int32 top, int32 left", "T cols", """
+    const int width = KH * KW * C;
     const ptrdiff_t row = i / width;                       // the output pixel (img, oh, ow)
     const int col = i % width;                             // the tap (ki, kj) and channel c
-    if (col == KH * KW * C) {
-        cols = 1;                                          // the column of ones (the bias's input)
-    } else {
-        const int c = col % C, kj = (col / C) % KW, ki = col / C / KW;
-        const int ow = row % OW, oh = (row / OW) % OH;
-        const ptrdiff_t img = row / OW / OH;
-        const int h = oh * SH + ki - top, w = ow * SW + kj - left;
-        cols = (0 <= h && h < H && 0 <= w && w < W) ? x[((img * H + h) * W + w) * C + c] : (T)0;
-    }
+    const int c = col % C, kj = (col / C) % KW, ki = col / C / KW;
+    const int ow = row % OW, oh = (row / OW) % OH;
+    const ptrdiff_t img = row / OW / OH;
+    const int h = oh * SH + ki - top, w = ow * SW + kj - left;
+    cols = (0 <= h && h < H && 0 <= w && w < W) ? x[((img * H + h) * W + w) * C + c] : (T)0;
 """)
 
 
-def _im2col_cuda(cupy, x, pads, kernel_size, strides, out_size, ones_column=False):
+def _im2col_cuda(cupy, x, pads, kernel_size, strides, out_size):
     n, h, w, c = x.shape
     (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_size
-    width = kh * kw * c + bool(ones_column)
-    cols = cupy.empty((n * oh * ow, width), dtype=x.dtype)
-    _elementwise(cupy, IM2COL)(x, h, w, c, kh, kw, sh, sw, oh, ow, pads[0][0], pads[1][0], width, cols)
+    cols = cupy.empty((n * oh * ow, kh * kw * c), dtype=x.dtype)
+    _elementwise(cupy, IM2COL)(x, h, w, c, kh, kw, sh, sw, oh, ow, pads[0][0], pads[1][0], cols)
     return cols
 
 

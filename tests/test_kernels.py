@@ -47,12 +47,11 @@ def rng(seed=0):
 # ---- each twin against the layer's CPU code ---------------------------------------------------
 
 @pytest.mark.parametrize("shape,kernel,strides,pads", CONV_CASES)
-@pytest.mark.parametrize("ones_column", [False, True])
-def test_im2col_twin_is_conv_im2col_of_the_padded_input(shape, kernel, strides, pads, ones_column):
+def test_im2col_twin_is_conv_im2col_of_the_padded_input(shape, kernel, strides, pads):
     x = rng().standard_normal(shape).astype(np.float32)
     size = out_size(shape, kernel, strides, pads)
-    expected = im2col(np.pad(x, ((0, 0),) + pads + ((0, 0),)), kernel, strides, size, ones_column)
-    np.testing.assert_array_equal(kernels.im2col_twin(x, pads, kernel, strides, size, ones_column), expected)
+    expected = im2col(np.pad(x, ((0, 0),) + pads + ((0, 0),)), kernel, strides, size)
+    np.testing.assert_array_equal(kernels.im2col_twin(x, pads, kernel, strides, size), expected)
 
 
 @pytest.mark.parametrize("shape,kernel,strides,pads", CONV_CASES)
@@ -329,8 +328,7 @@ def same_as_twin(cuda, kernel, *args, rtol=1e-5, atol=1e-6):
 def test_cuda_im2col_and_col2im(cuda, shape, kernel, strides, pads):
     size = out_size(shape, kernel, strides, pads)
     x = rng(14).standard_normal(shape).astype(np.float32)
-    for ones_column in (False, True):
-        same_as_twin(cuda, kernels.im2col, x, pads, kernel, strides, size, ones_column, rtol=0, atol=0)
+    same_as_twin(cuda, kernels.im2col, x, pads, kernel, strides, size, rtol=0, atol=0)
     dcols = rng(15).standard_normal((shape[0] * size[0] * size[1], kernel[0] * kernel[1] * shape[3]))
     same_as_twin(cuda, kernels.col2im, dcols.astype(np.float32), shape, pads, kernel, strides, size)
 

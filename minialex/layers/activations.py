@@ -64,7 +64,7 @@ def get_activation(name):
 
 
 class WithActivation(Layer):
-    """Base of Dense and Conv2D: an affine map z, then the optional ``activation``.
+    """Base of Dense and Conv2D: an affine map z = (product) + bias, then the optional ``activation``.
 
     ``forward(..., logits=True)`` returns z itself: Sequential asks for that when the loss is the
     fused softmax cross-entropy, which applies the softmax itself.
@@ -76,12 +76,14 @@ class WithActivation(Layer):
         self._activated = False
         super().__init__(**kwargs)
 
-    def _activate(self, z, training, logits):
-        """Apply the activation to the layer's own fresh product z, in place."""
+    def _activate(self, product, training, logits):
+        """Add the bias (if any) to the layer's own fresh ``product``, then apply the activation, both in place."""
+        if "bias" in self.params:
+            product += self.params["bias"]
         activated = self.activation is not None and not logits
         if training:
             self._activated = activated
-        return self.activation.forward(z, training, inplace=True) if activated else z
+        return self.activation.forward(product, training, inplace=True) if activated else product
 
     def _activation_backward(self, dout):
         return self.activation.backward(dout) if self._activated else dout

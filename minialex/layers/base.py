@@ -16,8 +16,6 @@ The contract (tests, the gradient checker and Sequential rely on it):
 - a layer runs on whatever backend its input lives on: it takes ``xp`` from its arrays;
 - what a training forward keeps for backward lives in the layer's own attributes (or in a layer
   it holds, such as Conv2D's ReLU);
-- ``packed_params`` / ``packed_grads``: when a model's flat buffers hold the layer's parameters
-  (``minialex.flat``), all of them back to back in ``params`` order, as one 1-D view; else None.
 """
 from __future__ import annotations
 
@@ -36,7 +34,6 @@ class Layer:
         self.name = name or re.sub(r"(?<=[a-z])(?=[A-Z])", "_", type(self).__name__).lower()
         self.params: dict = {}
         self.grads: dict = {}
-        self.packed_params = self.packed_grads = None
         self.input_shape = None
         self.output_shape = None
         self.built = False

@@ -9,16 +9,14 @@ im2col lays each output pixel's receptive field out as one row, in (i, j, c) ord
     cols[(n, oh, ow), (i, j, c)] = xpad[n, oh*SH + i, ow*SW + j, c]        (N*OH*OW, KH*KW*C)
 so the whole layer is one matrix product with the kernel seen as a (KH*KW*C, F) matrix K:
     z = cols @ K + bias                                                      (N*OH*OW, F) = (N, OH, OW, F)
-The bias is the weight of an input that is always 1, so cols gets one more column of ones and K
-one more row, the bias: W = [K; bias] and z = [cols, 1] @ W, one product for both.
 Backward, with dz the gradient after the activation:
-    d W = [cols, 1]^T @ dz, i.e. d kernel = cols^T @ dz and d bias = sum over (n, oh, ow) of dz
+    d kernel = cols^T @ dz,    d bias = sum over (n, oh, ow) of dz
     dcols = dz @ K^T,    dx = col2im(dcols), then the padding cropped off.
 col2im is the adjoint of im2col, not its inverse: every input pixel that im2col copied into several
 rows gets the *sum* of those rows' gradients. It is done tap by tap: for each of the KH*KW kernel
 positions (i, j), one strided slice-add. ``backward`` computes the same sum without building dcols:
 tap (i, j)'s columns of dcols are dz @ kernel[i, j]^T, a contiguous (N, OH, OW, C) block, so it takes
-nine small products and nine slice-adds straight into dx, each skipping what its tap read from the
+KH*KW small products and KH*KW slice-adds straight into dx, each skipping what its tap read from the
 padding (``col2im`` stays as the reference it is tested against).
 The first layer of a model needs no dx at all (``backward(dout, input_grad=False)``).
 On a GPU, where each launch costs more than these small products, the padding and im2col are one
@@ -34,8 +32,8 @@ from .activations import WithActivation
 from .base import check_padding, glorot_uniform, normalize_pair, same_padding, window_output_size
 
 
-def im2col(xpad, kernel_size, strides, out_size, ones_column=False):
-    """(N, Hp, Wp, C) -> cols (N*OH*OW, KH*KW*C), plus a last column of ones if ``ones_column``.
+def im2col(xpad, kernel_size, strides, out_size):
+    """(N, Hp, Wp, C) -> cols (N*OH*OW, KH*KW*C).
 
     Each window is a strided view of xpad; one copy lays them out as rows. With a single input
     channel a row would be KH*KW scattered scalars, so cols^T is filled instead, one tap (a whole
@@ -46,19 +44,15 @@ def im2col(xpad, kernel_size, strides, out_size, ones_column=False):
     n, _, _, c = xpad.shape
     rows, width = n * oh * ow, kh * kw * c
     if c == 1:
-        cols_t = xp.empty((width + ones_column, n, oh, ow), dtype=xpad.dtype)
+        cols_t = xp.empty((width, n, oh, ow), dtype=xpad.dtype)
         for i in range(kh):
             for j in range(kw):
                 cols_t[i * kw + j] = xpad[:, i:i + sh * oh:sh, j:j + sw * ow:sw, 0]
-        if ones_column:
-            cols_t[width] = 1
-        return cols_t.reshape(width + ones_column, rows).T
+        return cols_t.reshape(width, rows).T
     s_n, s_h, s_w, s_c = xpad.strides
     windows = backend.as_strided(xpad, (n, oh, ow, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
-    cols = xp.empty((rows, width + ones_column), dtype=xpad.dtype)
-    cols[:, :width].reshape(n, oh, ow, kh, kw, c)[...] = windows   # a view: the copy lands in cols
-    if ones_column:
-        cols[:, width] = 1
+    cols = xp.empty((rows, width), dtype=xpad.dtype)
+    cols.reshape(n, oh, ow, kh, kw, c)[...] = windows   # a view: the copy lands in cols
     return cols
 
 
@@ -143,15 +137,6 @@ class Conv2D(WithActivation):
         return (same_padding(h, self.kernel_size[0], self.strides[0]),
                 same_padding(w, self.kernel_size[1], self.strides[1]))
 
-    def _weights(self):
-        """The kernel as a (KH*KW*C, F) matrix, with the bias as one more row when there is one: a view of
-        the model's flat buffer, which holds them back to back (a copy for a layer outside a model)."""
-        if self.packed_params is not None:
-            return self.packed_params.reshape(-1, self.filters)
-        xp = backend.get_array_module(self.params["kernel"])
-        kernel = self.params["kernel"].reshape(-1, self.filters)
-        return xp.concatenate([kernel, self.params["bias"][None]]) if self.use_bias else kernel
-
     def forward(self, x, training=False, logits=False):
         x = self._prepare(x)
         xp = backend.get_array_module(x)
@@ -160,26 +145,22 @@ class Conv2D(WithActivation):
         pad_h, pad_w = self._pads()
         if backend.on_cpu(x):
             xpad = xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))) if self.padding == "same" else x
-            cols = im2col(xpad, self.kernel_size, self.strides, (oh, ow), ones_column=self.use_bias)
+            cols = im2col(xpad, self.kernel_size, self.strides, (oh, ow))
         else:   # a GPU: the same cols from one kernel
-            cols = kernels.im2col(x, (pad_h, pad_w), self.kernel_size, self.strides, (oh, ow), self.use_bias)
-        z = cols @ self._weights()
+            cols = kernels.im2col(x, (pad_h, pad_w), self.kernel_size, self.strides, (oh, ow))
+        product = cols @ self.params["kernel"].reshape(-1, f)        # z = cols @ K + bias, then the activation
         if training:
             self._cols, self._x_shape = cols, x.shape
-        return self._activate(z.reshape(n, oh, ow, f), training, logits)
+        return self._activate(product.reshape(n, oh, ow, f), training, logits)
 
     def backward(self, dout, input_grad=True):
         oh, ow, f = self.output_shape
         dz = self._activation_backward(dout).reshape(-1, f)
         kernel = self.params["kernel"]
         # = cols^T @ dz; which order BLAS runs faster depends on the CPU (benchmarks/bench_tricks.py times both)
-        dweights = (dz.T @ self._cols).T
-        if self.packed_grads is not None:   # d kernel and d bias lie back to back: one copy
-            self.packed_grads.reshape(-1, f)[...] = dweights
-        else:
-            self.grads["kernel"][...] = dweights[:kernel.size // f].reshape(kernel.shape)
-            if self.use_bias:
-                self.grads["bias"][...] = dweights[-1]
+        self.grads["kernel"][...] = (dz.T @ self._cols).T.reshape(kernel.shape)
+        if self.use_bias:
+            dz.sum(axis=0, out=self.grads["bias"])
         if not input_grad:
             return None
         if backend.on_cpu(dz):

