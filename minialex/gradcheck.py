@@ -34,6 +34,7 @@ import numpy
 from . import backend, naive, random
 from .layers import Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D, ReLU, Softmax
 from .losses import SoftmaxCrossEntropy
+from .models import Sequential, alexnet_mnist
 
 TOLERANCE = 1e-6
 STEP = 1e-6
@@ -240,8 +241,6 @@ def twin_cases(seed=0):
 def softmax_inside_model():
     """A compiled float64 model whose Softmax layer is not the last: its backward runs in training
     (a last Softmax would be fused into the loss, and its backward skipped)."""
-    from .models import Sequential
-
     model = Sequential([Dense(6, input_shape=(5,), dtype="float64"), Softmax(),
                         Dense(4, activation="softmax", dtype="float64")])
     model.compile(optimizer="adam", loss="categorical_crossentropy")
@@ -251,8 +250,6 @@ def softmax_inside_model():
 def run_checks(seed=0):
     """Yield (case, tensor, error) for every layer case, every plain twin, the fused loss, a model
     with a Softmax layer inside and the whole tutorial network."""
-    from .models import alexnet_mnist
-
     for k, (description, make_layer, shape) in enumerate(layer_cases()):
         for tensor, error in check_layer(make_layer(), tie_free(shape, seed + k), seed=seed + k).items():
             yield description, tensor, error

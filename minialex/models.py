@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 
-from . import backend, checks, flat, parallel, random
+from . import backend, checks, flat, parallel, random, training
 from .layers import Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D, Softmax
 from .losses import SoftmaxCrossEntropy
 from .optimizers import get_optimizer
@@ -94,7 +94,7 @@ class Sequential:
         return dtypes.pop() if dtypes else "float32"
 
     def count_params(self) -> int:
-        return sum(layer.count_params for layer in self.layers)
+        return sum(layer.count_params() for layer in self.layers)
 
     def summary(self, print_fn=print):
         """Print each layer's output shape and parameter count, as Keras's ``model.summary()``."""
@@ -105,7 +105,7 @@ class Sequential:
         lines = [f'Model: "{self.name}"', rule, f" {'Layer (type)':<37}{'Output Shape':<26}Param #", "=" * width]
         for i, layer in enumerate(self.layers):
             shape = "(None, " + ", ".join(str(d) for d in layer.output_shape) + ")"
-            lines.append(f" {layer.name + ' (' + type(layer).__name__ + ')':<37}{shape:<26}{layer.count_params:,}")
+            lines.append(f" {layer.name + ' (' + type(layer).__name__ + ')':<37}{shape:<26}{layer.count_params():,}")
             lines.append(rule if i < len(self.layers) - 1 else "=" * width)
         total = self.count_params()
         lines += [f"Total params: {total:,}", f"Trainable params: {total:,}", "Non-trainable params: 0", rule]
@@ -282,11 +282,9 @@ class Sequential:
         loss, correct = self.train_step(x, y)
         loss = float(loss)
         if not math.isfinite(loss):
-            from .training import NonFiniteLossError
-
             checks.finite("x", x)
             checks.finite("y", y)
-            raise NonFiniteLossError(f"the loss on this batch is {loss}; the weights were not updated (they are "
+            raise training.NonFiniteLossError(f"the loss on this batch is {loss}; the weights were not updated (they are "
                                      f"those from before this call). Try a lower learning rate.")
         self.apply_gradients()
         return [loss, float(correct) / x.shape[0]]
@@ -294,9 +292,7 @@ class Sequential:
     def fit(self, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
             verbose=1, checkpoint=None, resume_from=None, overwrite=False, settings=None):
         """Train as Keras does; see ``minialex.training.fit``. Returns a History."""
-        from .training import fit
-
-        return fit(self, x, y, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
+        return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                    validation_data=validation_data, shuffle=shuffle, verbose=verbose,
                    checkpoint=checkpoint, resume_from=resume_from, overwrite=overwrite, settings=settings)
 

@@ -117,11 +117,11 @@ def conv2d_backward(dz, x, kernel, strides=(1, 1), padding="valid"):
     for n in range(N):
         for oh in range(OH):
             for ow in range(OW):
-                rows, cols = slice(oh * SH, oh * SH + KH), slice(ow * SW, ow * SW + KW)
+                span_h, span_w = slice(oh * SH, oh * SH + KH), slice(ow * SW, ow * SW + KW)   # the window
                 for f in range(F):
-                    dkernel[:, :, :, f] += xpad[n, rows, cols, :] * dz[n, oh, ow, f]
+                    dkernel[:, :, :, f] += xpad[n, span_h, span_w, :] * dz[n, oh, ow, f]
                     dbias[f] += dz[n, oh, ow, f]
-                    dxpad[n, rows, cols, :] += kernel[:, :, :, f] * dz[n, oh, ow, f]
+                    dxpad[n, span_h, span_w, :] += kernel[:, :, :, f] * dz[n, oh, ow, f]
     return dxpad[:, top:top + H, left:left + W, :], dkernel, dbias
 
 

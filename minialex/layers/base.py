@@ -63,7 +63,6 @@ class Layer:
         self.params[name] = value
         self.grads[name] = backend.xp().zeros_like(value)
 
-    @property
     def count_params(self) -> int:
         return sum(int(p.size) for p in self.params.values())
 
