@@ -15,7 +15,18 @@ The contract (tests, the gradient checker and Sequential rely on it):
   create them from ``input_shape=`` or on the first forward, on the active backend;
 - a layer runs on whatever backend its input lives on: it takes ``xp`` from its arrays;
 - what a training forward keeps for backward lives in the layer's own attributes (or in a layer
-  it holds, such as Conv2D's ReLU);
+  it holds, such as Conv2D's ReLU), the same on the CPU and on a GPU except where the table says:
+
+    layer                 kept from a training forward for backward
+    Conv2D                _cols (the im2col matrix), _x_shape, _activated; its activation's own
+    Dense                 _x, _activated; its activation's own
+    MaxPool2D             _x, _y, _column_max (the first pass's maxima; None on a GPU, whose kernel reads x)
+    LocalResponseNorm     _x, _y, _den, _den_beta (den^beta; None on a GPU, whose kernel recomputes it)
+    Dropout               _mask (None when rate = 0)
+    ReLU, Softmax         _y
+    Flatten               _x_shape
+
+  (``tests/test_layers.py`` holds this table to what the layers keep.)
 """
 from __future__ import annotations
 
