@@ -102,6 +102,17 @@ def test_a_resume_with_other_settings_is_refused_naming_each_difference(tmp_path
     assert training.read_checkpoint(path)[1]["epoch"] == 1
 
 
+def test_a_resume_on_data_changed_in_one_sample_is_refused(tmp_path):
+    """The digest covers every sample (it once took 16 evenly spaced ones: 0, 3, 7, ... of 60)."""
+    x, y = quadrant_data(60)
+    path = tmp_path / "run.npz"
+    compiled().fit(x, y, epochs=1, batch_size=16, verbose=0, checkpoint=path)
+    x[1, 4, 4, 0] += 0.25
+    with pytest.raises(training.CheckpointMismatchError) as error:
+        compiled().fit(x, y, epochs=2, batch_size=16, verbose=0, checkpoint=path, resume_from=path)
+    assert [name for name, _, _ in error.value.differences] == ["training_digest"]
+
+
 def cli_checkpoint(path, **settings):
     """A checkpoint as the example writes it (a small model: the example only reads its metadata first)."""
     model = compiled()
@@ -192,13 +203,15 @@ def start_save_loop(path, floats=8_000_000):
     return process
 
 
-def test_sigterm_mid_write_removes_the_temporary_file_and_exits_143(tmp_path):
+@pytest.mark.parametrize("signum, status, said", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                  (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_or_ctrl_c_mid_write_removes_the_temporary_file(tmp_path, signum, status, said):
     path = tmp_path / "run.npz"
     process = start_save_loop(path)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=30)
-    assert process.returncode == 143
-    assert err.strip().splitlines()[-1] == f"terminated (SIGTERM); the last complete checkpoint is in {path}"
+    assert process.returncode == status
+    assert err.strip().splitlines()[-1] == f"{said}; the last complete checkpoint is in {path}"
     assert temporaries(tmp_path) == []
     assert load_npz(path)[0]["a"].shape == (8_000_000,)
 
@@ -243,6 +256,17 @@ def test_a_second_ctrl_c_is_quiet_and_lets_the_cleanup_finish(second):
                           timeout=60)
     assert done.returncode == 130 and done.stderr == "interrupted\n"
     assert done.stdout == ("" if second == "at exit" else "cleanup finished\n")
+
+
+def test_a_file_is_flushed_to_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda descriptor: calls.append(("fsync", os.readlink(f"/proc/self/fd/"
+                                                                                              f"{descriptor}"))))
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda source, target: calls.append(("replace", source)) or
+                        replace(source, target))
+    save_npz(tmp_path / "w.npz", {"a": np.ones(3)})
+    assert [what for what, _ in calls] == ["fsync", "replace"] and calls[0][1] == calls[1][1]
 
 
 def test_a_kill_9_leftover_is_removed_by_the_next_load_or_save(tmp_path):

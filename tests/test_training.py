@@ -88,6 +88,20 @@ def test_non_finite_loss_stops_with_the_last_good_weights(monkeypatch):
     assert model.optimizer.iterations == 1
 
 
+def test_a_checkpoint_holds_only_weights_that_gave_a_finite_loss(tmp_path):
+    x, y = quadrant_data(60)
+    path = tmp_path / "run.npz"
+    model = plain_model(seed=2, poison_at=8)                # batch size 10: the second epoch's second step
+    with pytest.raises(training.NonFiniteLossError):
+        model.fit(x, y, epochs=3, batch_size=10, verbose=0, checkpoint=path)
+    twin = plain_model(seed=2)
+    twin.fit(x, y, epochs=1, batch_size=10, verbose=0)
+    epochs, _ = training.load_checkpoint(path, model)
+    assert epochs == 1
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_deferred_guard_as_on_a_gpu_rolls_back(monkeypatch):
     """The GPU path checks the device-side losses at refreshes and restores its last proven copy."""
     monkeypatch.setattr(backend, "get_backend", lambda: "cupy")   # arrays stay NumPy: only the policy changes
