@@ -157,7 +157,7 @@ def describe(path) -> tuple[str | None, str]:
     if kind == CHECKPOINT_FORMAT:
         return kind, f"a checkpoint of {meta.get('epoch')} epochs"
     if kind == WEIGHTS_FORMAT:
-        return kind, "minialex weights"
+        return kind, "a minialex weights file"
     return None, "a file that minialex did not write"
 
 

@@ -128,10 +128,11 @@ def check_arguments(args):
 def choose_backend(args):
     """Make the backend active that ``--backend`` names, else ``$MINIALEX_BACKEND``, else auto."""
     if args.backend is not None:
-        return backend.set_backend(args.backend)
+        backend.set_backend(args.backend)
+        return
     name = os.environ.get("MINIALEX_BACKEND") or "auto"
     try:
-        return backend.set_backend(name)
+        backend.set_backend(name)
     except backend.BackendError as exc:
         raise backend.BackendError(f"MINIALEX_BACKEND={name} (pass --backend to choose another): {exc}") from None
 
