@@ -8,8 +8,8 @@ that run ends.
 
 Where there are no locks (Windows) or they are not honoured (some network file systems), a second
 rule still holds: before each save, the run checks that the file is still the one it last wrote
-or resumed (device, inode, size, time of last change), and refuses to replace one that another writer
-changed since.
+or resumed (device, inode, size, modification time), and refuses to replace one that another
+writer changed since.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class CheckpointOwner:
     def __exit__(self, *exc_info):
         if self.descriptor is not None:
             try:
-                os.unlink(self.lock)         # while still locked: a run waiting for it finds it gone
+                os.unlink(self.lock)         # still locked: a run that opened it meanwhile sees it gone
             except FileNotFoundError:
                 pass
             os.close(self.descriptor)
@@ -64,7 +64,7 @@ class CheckpointOwner:
             except BlockingIOError:      # another process holds it
                 holder = os.read(descriptor, 200).decode(errors="replace").split()
                 os.close(descriptor)
-                who = f"process {holder[0]} on {holder[1]}" if len(holder) == 2 else "its process id not written yet"
+                who = f"process {holder[0]} on {holder[1]}" if len(holder) == 2 else "its process id not yet written"
                 raise CheckpointInUseError(f"{self.path} is being written by another run ({who}); wait for it "
                                            f"to end, or save this run's checkpoints elsewhere") from None
             except OSError:                  # no locks on this file system: the check before each save remains

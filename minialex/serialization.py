@@ -117,9 +117,10 @@ def check_destination(path, what="save", also=None) -> str:
 
 def _name_limit(folder) -> int:
     try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (AttributeError, OSError, ValueError):   # no pathconf (Windows), or no limit given
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):   # no pathconf (Windows): its usual limit
         return 255
+    return limit if limit > 0 else sys.maxsize      # -1: the file system sets none
 
 
 @contextmanager

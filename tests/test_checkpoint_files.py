@@ -96,17 +96,27 @@ class OtherWriter(Layer):
         return dout
 
 
-def test_a_checkpoint_another_writer_replaced_is_not_saved_over(tmp_path):
+def meddled_model(path, at):
     from minialex import random
     from minialex.layers import Dense, Flatten
 
-    path = tmp_path / "run.npz"
     random.set_seed(0)
-    model = Sequential([Flatten(input_shape=(8, 8, 1)), OtherWriter(path, at=5), Dense(3, activation="softmax")])
+    model = Sequential([Flatten(input_shape=(8, 8, 1)), OtherWriter(path, at), Dense(3, activation="softmax")])
     model.compile(optimizer="adam", loss="categorical_crossentropy")
-    with pytest.raises(OSError, match=r"run.npz was replaced by another writer since this run last "
-                                                   r"saved or resumed it; epoch 2 was not saved over it"):
-        model.fit(*quadrant_data(32), epochs=3, batch_size=8, verbose=0, checkpoint=path)   # 4 steps an epoch
+    return model
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_checkpoint_another_writer_replaced_is_not_saved_over(tmp_path, resumed):
+    """Batch size 8 on 32 samples: 4 steps an epoch; the other writer comes in epoch 2."""
+    path = tmp_path / "run.npz"
+    x, y = quadrant_data(32)
+    if resumed:             # the issue's paused run: resumed, then another writer saves a newer file
+        meddled_model(path, at=None).fit(x, y, epochs=1, batch_size=8, verbose=0, checkpoint=path)
+    model = meddled_model(path, at=1 if resumed else 5)
+    with pytest.raises(OSError, match=r"run.npz was replaced by another writer since this run last saved or "
+                                      r"resumed it; epoch 2 was not saved over it"):
+        model.fit(x, y, epochs=3, batch_size=8, verbose=0, checkpoint=path, resume_from=path if resumed else None)
     assert list(load_npz(path)[0]) == ["theirs"]
     assert sorted(os.listdir(tmp_path)) == ["run.npz"]
 
