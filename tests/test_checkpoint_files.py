@@ -188,6 +188,11 @@ def test_save_weights_replaces_weights_but_not_a_checkpoint_unless_told(tmp_path
     model.save_weights(path, overwrite=True)
     model.save_weights(path)                          # weights over weights: as Keras, no question
     assert load_npz(path)[1]["format"] == "minialex-weights"
+    other = tmp_path / "notes.npz"
+    other.write_text("not minialex's")
+    with pytest.raises(FileExistsError, match="notes.npz holds a file that minialex did not write"):
+        model.save_weights(other)
+    assert other.read_text() == "not minialex's"
 
 
 def test_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch, capsys):

@@ -248,6 +248,10 @@ def flip_a_bit(path, key, at=1000):
 def test_a_flipped_bit_in_a_written_file_fails_its_checksum(tmp_path):
     path = tmp_path / "minialex.weights.h5"
     save_keras_weights(scrambled_model(), path)
+    with h5py.File(path, "r") as file:
+        arrays = [file[f"layers/{key}/vars/{i}"] for key, found in read_keras_weights(path).items()
+                  for i in range(len(found))]
+        assert len(arrays) == 16 and all(dataset.fletcher32 for dataset in arrays)
     flip_a_bit(path, "layers/dense/vars/0")
     refused(path, f"{path} is damaged: /layers/dense/vars/0 does not match its Fletcher-32 checksum")
     with pytest.raises(keras_weights.WeightsFileError, match="Fletcher-32"):
