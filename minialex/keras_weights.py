@@ -23,8 +23,14 @@ Loading checks every layer before it writes anything into the model: each layer 
 be in the file with as many variables, each of the model's shape and dtype, and the file may hold
 no variables the model lacks; one error lists every mismatch, naming the layer and the expected
 and found shape. Layers without weights (pooling, LRN, dropout, ...) leave nothing to check, as in
-Keras. Saving writes the same layout that Keras writes, atomically: to a temporary file beside the
-target, renamed over it only once complete.
+Keras. Every value must be finite. Any failure to read the file is a WeightsFileError naming the
+file and what is wrong.
+
+Saving writes the same layout that Keras writes, atomically (to a temporary file beside the target,
+renamed over it only once complete), each array with HDF5's Fletcher-32 checksum: Keras reads it
+as usual (HDF5 checks it on every read), and a load refuses an array that no longer matches it.
+Files Keras writes carry no checksum: in those, a changed bit shows only where it makes the
+layout, a shape, a dtype or a value's finiteness wrong.
 
 h5py is optional (pip install 'minialex[keras]'): it is imported by the first load or save, and
 without it both raise H5pyMissing saying so; ``import minialex`` never needs it.
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 
 import numpy
 
@@ -60,6 +67,10 @@ VARIABLE_ORDER = ("kernel", "bias")
 
 class H5pyMissing(ImportError):
     """A .weights.h5 file was to be read or written, but h5py is not installed."""
+
+
+class WeightsFileError(ValueError):
+    """A .weights.h5 file cannot be read: not HDF5, damaged, or laid out otherwise; says which and where."""
 
 
 def _h5py():
@@ -101,26 +112,46 @@ def _label(layer, key):
 
 
 # ---- reading ---------------------------------------------------------------------------------
-def _open(path):
-    """The file at ``path`` opened read-only with h5py, or a clear error."""
+@contextmanager
+def _reading(path):
+    """The file at ``path`` opened read-only with h5py; whatever fails inside, a WeightsFileError naming it."""
     h5py = _h5py()
-    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
     if not h5py.is_hdf5(path):
-        raise ValueError(f"{path} is not an HDF5 file, so not a Keras .weights.h5 file "
-                         f"(Keras 3 writes one with model.save_weights('NAME{SUFFIX}'))")
+        raise WeightsFileError(f"{path} is not an HDF5 file, so not a Keras .weights.h5 file "
+                               f"(Keras 3 writes one with model.save_weights('NAME{SUFFIX}'))")
     try:
-        return h5py.File(path, "r")
+        file = h5py.File(path, "r")
     except OSError as exc:
-        raise ValueError(f"{path} cannot be read as HDF5 ({exc})") from None
+        raise WeightsFileError(f"{path} cannot be read as HDF5 ({exc})") from None
+    try:
+        with file:
+            yield file
+    except (OSError, RuntimeError, KeyError) as exc:    # what h5py raises for a damaged file's structure
+        raise WeightsFileError(f"{path} is damaged: {exc}") from None
 
 
-def _child(h5py, group, name, where):
+def _read(dataset, path):
+    """A dataset's array, or a WeightsFileError saying which array of which file is damaged, and how."""
+    try:
+        return dataset[()]
+    except (OSError, RuntimeError) as exc:
+        if dataset.fletcher32:
+            how = "does not match its Fletcher-32 checksum"
+        elif dataset.compression:
+            how = f"holds a {dataset.compression}-compressed chunk that cannot be decompressed"
+        else:
+            how = "cannot be read"
+        raise WeightsFileError(f"{path} is damaged: {dataset.name} {how} ({exc})") from None
+
+
+def _child(h5py, group, name, path):
     """group[name], refusing links that lead elsewhere (Keras refuses them too)."""
     link = group.get(name, getlink=True)
     if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
-        raise ValueError(f"{where}/{name} is a link; a .weights.h5 file holds its arrays itself")
+        raise WeightsFileError(f"{path}: {group.name.rstrip('/')}/{name} is a link; a .weights.h5 file holds its "
+                               f"arrays itself")
     return group[name]
 
 
@@ -132,23 +163,24 @@ def _layer_variables(file, path):
         if "layer_names" in file.attrs or "model_weights" in file:
             hint = (" (this looks like a Keras 2 / tf.keras HDF5 file; save the weights with Keras 3 as "
                     f"model.save_weights('NAME{SUFFIX}'))")
-        raise ValueError(f"{path} is not a Keras 3 {SUFFIX} file: it has no group 'layers'{hint}")
-    layers = _child(h5py, file, "layers", "")
+        raise WeightsFileError(f"{path} is not a Keras 3 {SUFFIX} file: it has no group 'layers'{hint}")
+    layers = _child(h5py, file, "layers", path)
     found = {}
     for key in layers:
-        group = _child(h5py, layers, key, "layers")
+        group = _child(h5py, layers, key, path)
         if not isinstance(group, h5py.Group):
-            raise ValueError(f"{path}: layers/{key} is not a group")
+            raise WeightsFileError(f"{path}: layers/{key} is not a group")
         if "vars" not in group:
             found[key] = []
             continue
-        variables = _child(h5py, group, "vars", f"layers/{key}")
+        variables = _child(h5py, group, "vars", path)
         names = [str(i) for i in range(len(variables))]
         if set(variables) != set(names):
-            raise ValueError(f"{path}: layers/{key}/vars should hold arrays named 0, 1, ..., found {sorted(variables)}")
-        datasets = [_child(h5py, variables, name, f"layers/{key}/vars") for name in names]
+            raise WeightsFileError(f"{path}: layers/{key}/vars should hold arrays named 0, 1, ..., "
+                                   f"found {sorted(variables)}")
+        datasets = [_child(h5py, variables, name, path) for name in names]
         if not all(isinstance(dataset, h5py.Dataset) for dataset in datasets):
-            raise ValueError(f"{path}: layers/{key}/vars holds something other than arrays")
+            raise WeightsFileError(f"{path}: layers/{key}/vars holds something other than arrays")
         found[key] = datasets
     return found
 
@@ -156,9 +188,10 @@ def _layer_variables(file, path):
 def read_keras_weights(path) -> dict[str, list[numpy.ndarray]]:
     """Every layer's variables in a Keras 3 .weights.h5 file: {key: [vars/0, vars/1, ...]} as NumPy
     arrays, layers without variables included (with []). No model needed: a look inside the file."""
-    with _open(path) as file:
-        return {key: [dataset[()] for dataset in datasets]
-                for key, datasets in _layer_variables(file, os.fspath(path)).items()}
+    path = os.fspath(path)
+    with _reading(path) as file:
+        return {key: [_read(dataset, path) for dataset in datasets]
+                for key, datasets in _layer_variables(file, path).items()}
 
 
 def _mismatches(model, found):
@@ -203,12 +236,12 @@ def load_keras_weights(model, path):
     if not model.built:
         model.build()
     path = os.fspath(path)
-    with _open(path) as file:
+    with _reading(path) as file:
         found = _layer_variables(file, path)
         problems = _mismatches(model, found)
         if problems:
             raise ValueError(f"{path} does not fit the model:\n  " + "\n  ".join(problems))
-        arrays = {key: [dataset[()] for dataset in datasets] for key, datasets in found.items()}
+        arrays = {key: [_read(dataset, path) for dataset in datasets] for key, datasets in found.items()}
     weights = []
     for layer, key in keras_keys(model):
         by_name = dict(zip(_variable_names(layer), arrays.get(key, [])))
@@ -244,8 +277,8 @@ def _write_layers(file, layers):
         variables = group.create_group(key).create_group("vars")
         variables.attrs["name"] = key
         for i, array in enumerate(arrays):
-            variables.create_dataset(str(i), data=array)
+            variables.create_dataset(str(i), data=array, fletcher32=True)
 
 
-__all__ = ["H5pyMissing", "KERAS_CLASSES", "keras_keys", "load_keras_weights", "read_keras_weights",
+__all__ = ["H5pyMissing", "KERAS_CLASSES", "WeightsFileError", "keras_keys", "load_keras_weights", "read_keras_weights",
            "save_keras_weights"]

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 from . import backend, checks, flat, parallel, random, training
 from .layers import Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D, Softmax
 from .losses import SoftmaxCrossEntropy
 from .optimizers import get_optimizer
-from .serialization import load_npz, save_npz
+from .serialization import WEIGHTS_FORMAT, describe, load_npz, save_npz
 
 LOSSES = ("categorical_crossentropy",)
 
@@ -259,7 +260,7 @@ class Sequential:
             checks.finite(names[0], x)
         if y is None:
             return x
-        y = backend.to_device(checks.array_kind(names[1], y), dtype=self.dtype)
+        y = backend.to_device(checks.array_kind(names[1], y, images=False), dtype=self.dtype)
         if y.ndim != 2 or y.shape != (x.shape[0],) + tuple(self.output_shape):
             raise ValueError(f"{names[1]} must be one-hot targets of shape ({x.shape[0]}, {self.output_shape[0]}), "
                              f"got {tuple(y.shape)}; convert labels with minialex.data.to_categorical")
@@ -284,8 +285,10 @@ class Sequential:
         if not math.isfinite(loss):
             checks.finite("x", x)
             checks.finite("y", y)
-            raise training.NonFiniteLossError(f"the loss on this batch is {loss}; the weights were not updated (they are "
-                                     f"those from before this call). Try a lower learning rate.")
+            largest = float(backend.get_array_module(x).abs(x).max())
+            raise training.NonFiniteLossError(
+                f"the loss on this batch is {loss}; the weights were not updated (they are those from before this "
+                f"call). {training.non_finite_advice(self.optimizer.iterations > 0, largest)}")
         self.apply_gradients()
         return [loss, float(correct) / x.shape[0]]
 
@@ -335,14 +338,15 @@ class Sequential:
         return [backend.to_numpy(p).copy() for _, p in self.weight_items()]
 
     def set_weights(self, weights):
-        """Load a list like ``get_weights()`` returns; shapes are checked before anything is written."""
+        """Load a list like ``get_weights()`` returns; everything is checked before anything is written."""
         items = self.weight_items()
         if len(weights) != len(items):
             raise ValueError(f"expected {len(items)} weight arrays, got {len(weights)}")
         self.assign_weights({name: w for (name, _), w in zip(items, weights)})
 
     def check_weights(self, arrays):
-        """Raise a ValueError unless {'layer_name/param': array} fits the model: names, shapes, real finite numbers."""
+        """Raise a ValueError unless {'layer_name/param': array} fits the model: names, shapes, real
+        numbers finite in the model's dtype (1e300 is none in float32); returns them in that dtype."""
         items = dict(self.weight_items())
         missing = sorted(set(items) - set(arrays))
         extra = sorted(set(arrays) - set(items))
@@ -356,19 +360,30 @@ class Sequential:
                 raise ValueError(f"weight {name}: expected shape {tuple(param.shape)}, got {tuple(array.shape)}")
             if array.dtype.kind not in "iuf":
                 raise ValueError(f"weight {name}: expected numbers, got dtype {array.dtype}")
-            checks.finite(f"weight {name}", array.reshape(1, -1))
+        return {name: checks.representable(f"weight {name}", arrays[name], param.dtype)
+                for name, param in items.items()}
 
     def assign_weights(self, arrays):
         """Copy {'layer_name/param': array} into the weights; everything is checked before anything is written."""
-        self.check_weights(arrays)
+        checked = self.check_weights(arrays)
         for name, param in self.weight_items():
-            param[...] = backend.get_array_module(param).asarray(arrays[name], dtype=param.dtype)
+            param[...] = backend.get_array_module(param).asarray(checked[name])
 
-    def save_weights(self, path):
-        """Write every parameter to a ``.npz`` file (atomically; keys 'layer_name/param')."""
+    def save_weights(self, path, overwrite=False):
+        """Write every parameter to a ``.npz`` file (atomically; keys 'layer_name/param').
+
+        An existing weights file at ``path`` is replaced; any other file (a checkpoint, whose
+        optimiser state and history would be lost) only with ``overwrite=True``.
+        """
         if not self.built:
             raise ValueError("the model is not built yet: there are no weights to save")
-        save_npz(path, dict(self.weight_items()), meta={"format": "minialex-weights", "version": 1})
+        checks.flag("overwrite", overwrite)
+        if not overwrite and os.path.isfile(path):
+            kind, held = describe(path)
+            if kind != WEIGHTS_FORMAT:
+                raise FileExistsError(f"{path} holds {held}; save_weights would replace it with the weights alone: "
+                                      f"choose another path, or pass overwrite=True to replace it")
+        save_npz(path, dict(self.weight_items()), meta={"format": WEIGHTS_FORMAT, "version": 1})
 
     def load_weights(self, path):
         """Read weights written by ``save_weights``, on any backend; names and shapes are checked."""

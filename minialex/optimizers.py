@@ -19,8 +19,8 @@ class Optimizer:
     slot_names: tuple = ()
 
     def __init__(self, learning_rate):
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
+        if not 0 < learning_rate < float("inf"):
+            raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}")
         self.learning_rate = float(learning_rate)
         self.iterations = 0
         self.slots: dict[str, list] = {name: [] for name in self.slot_names}
