@@ -27,6 +27,8 @@ from contextlib import contextmanager
 
 import numpy
 
+from .backend import to_numpy
+
 META_KEY = "__meta__"
 WEIGHTS_FORMAT = "minialex-weights"          # the "format" in the metadata of each kind of file
 CHECKPOINT_FORMAT = "minialex-checkpoint"
@@ -164,8 +166,6 @@ def describe(path) -> tuple[str | None, str]:
 
 def save_npz(path, arrays: dict, meta: dict | None = None) -> None:
     """Write ``arrays`` (name -> array on any backend) and optional JSON ``meta`` to ``path`` atomically."""
-    from .backend import to_numpy
-
     payload = {name: to_numpy(array) for name, array in arrays.items()}
     if meta is not None:
         payload[META_KEY] = numpy.array(json.dumps(meta))

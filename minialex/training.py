@@ -9,6 +9,9 @@ Keras semantics that the tutorial relies on:
 Data moves to the device once; each step gathers its batch by index. Loss and accuracy are summed
 on the device and read back only when the progress bar refreshes (at most twice a second) and at
 the end of the epoch, so a GPU never waits on the host inside the loop.
+
+This module imports no model: the loop, the guard and the checkpoints drive any object with the
+members ``Trainable`` lists (``Sequential`` is one), and nothing else of it.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+from typing import Any, Protocol
 
 import numpy
 
@@ -30,6 +34,28 @@ SNAPSHOT_SECONDS = 0.5   # the non-finite guard's copy of good weights is at mos
 CHECKPOINT_VERSION = 2
 DIGEST_ROWS = 4096       # rows read back at a time for the data's digest
 HUGE_INPUT = 1e6         # inputs beyond this magnitude: a non-finite loss is blamed on them, not the learning rate
+
+
+class Trainable(Protocol):
+    """What ``fit``, ``NonFiniteGuard`` and the checkpoints ask of a model, and all they ask.
+
+    ``Sequential`` (``minialex.models``) documents each member; ``tests/test_training.py`` holds
+    this module to using no other member of the model.
+    """
+
+    optimizer: Any              # an ``optimizers.Optimizer``: its state is saved, checked and restored
+    flat_parameters: Any        # every weight in one array: the guard copies it and puts it back
+    input_shape: tuple          # the per-sample shape, recorded in a checkpoint's settings
+    dtype: str                  # the weights' dtype: what checkpoints are checked against
+
+    def ensure_compiled(self) -> None: ...
+    def prepare_inputs(self, x, y=None, names=("x", "y"), check_values=True): ...
+    def train_step(self, x, y): ...
+    def apply_gradients(self) -> None: ...
+    def evaluate_sums(self, x, y, batch_size): ...
+    def weight_items(self) -> list: ...
+    def check_weights(self, arrays) -> None: ...
+    def assign_weights(self, arrays) -> None: ...
 
 
 class History:
@@ -85,7 +111,7 @@ class NonFiniteGuard:
     only once the next step's loss is known to be finite.
     """
 
-    def __init__(self, model, steps, inputs):
+    def __init__(self, model: Trainable, steps, inputs):
         self.model, self.inputs, self.epoch, self.checked = model, inputs, 0, 0
         self.first_epoch = None
         self.deferred = backend.get_backend() != "numpy"
@@ -240,7 +266,7 @@ class CheckpointMismatchError(ValueError):
                          f"settings, or start a new run with another checkpoint path")
 
 
-def run_settings(model, x, y, x_val, y_val, batch_size, shuffle, validation_split, extra=None):
+def run_settings(model: Trainable, x, y, x_val, y_val, batch_size, shuffle, validation_split, extra=None):
     """What defines a run, as a checkpoint records it: a resumed run must match it.
 
     The data are known by a digest of every sample and target. (Checkpoints written before kept a
@@ -273,7 +299,7 @@ def _settings_differences(saved, now):
     return [(key, saved[key], now[key]) for key in now if key in saved and saved[key] != now[key]]
 
 
-def save_checkpoint(path, model, epochs_done, history, settings=None):
+def save_checkpoint(path, model: Trainable, epochs_done, history, settings=None):
     """Weights, optimiser state, epochs done, RNG state, history and the run's settings, written atomically."""
     arrays = {f"weights/{name}": p for name, p in model.weight_items()}
     state = model.optimizer.get_state()
@@ -316,7 +342,7 @@ def _count(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def load_checkpoint(path, model, settings=None):
+def load_checkpoint(path, model: Trainable, settings=None):
     """Restore a checkpoint into a compiled model and the run's generator; returns (epochs done, History).
 
     Everything in the file is checked -- metadata, every weight, the optimiser's state, and (given
@@ -385,7 +411,7 @@ def check_checkpoint_destination(path, resume_from=None, overwrite=False):
 
 # ---- the fit loop ------------------------------------------------------------------------------
 
-def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
+def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
         verbose=1, checkpoint=None, resume_from=None, overwrite=False, settings=None):
     """Train ``model`` on (x, y) for ``epochs`` epochs, as Keras's ``Model.fit``.
 
@@ -449,7 +475,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
         return history
 
 
-def _train_epoch(model, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size, order, verbose):
+def _train_epoch(model: Trainable, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size, order, verbose):
     """One epoch's steps, then validation; returns its logs."""
     n = x_train.shape[0]
     steps = math.ceil(n / batch_size)

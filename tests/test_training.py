@@ -241,3 +241,19 @@ def test_the_progress_bar_fits_where_it_runs(monkeypatch):
     assert training.progress_bar() == (tqdm.std.tqdm, False)
     monkeypatch.setitem(sys.modules, "ipywidgets", types.ModuleType("ipywidgets"))
     assert training.progress_bar() == (tqdm.notebook.tqdm, False)  # with it: the widget
+
+
+def test_the_fit_loop_uses_only_what_trainable_lists():
+    """training.py drives a model through the members of ``training.Trainable`` and nothing else
+    (no guessing at a model's insides), and Sequential has every one of them."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(training))
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == "model"}
+    listed = set(training.Trainable.__annotations__) | {
+        name for name, value in vars(training.Trainable).items() if callable(value) and not name.startswith("_")}
+    assert used and used <= listed, sorted(used - listed)
+    model = small_model()
+    assert all(hasattr(model, name) for name in listed), sorted(name for name in listed if not hasattr(model, name))
