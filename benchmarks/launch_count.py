@@ -261,8 +261,8 @@ class CountingModule:
 
     @staticmethod
     def fuse(function):
-        """What ``backend.fuse`` and ``minialex.kernels`` ask for: ``function`` (a fused kernel's NumPy
-        twin) run as ONE launch."""
+        """What ``backend.fuse`` and ``minialex.kernels`` ask for: ``function`` (a fused function, or a
+        kernel's NumPy half) run as ONE launch."""
         @functools.wraps(function)
         def fused(*args, **kwargs):
             _count(1)
