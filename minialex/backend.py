@@ -8,6 +8,8 @@ runs on the CPU through NumPy and on an NVIDIA GPU through CuPy::
     with backend.set_backend("numpy"):   # ...or only for a block
         ...
     xp = backend.get_array_module(x)     # the module that owns x
+    with backend.using_module(stand_in, "counting"):   # a stand-in for CuPy on the CPU (see there)
+        ...
 
 The starting backend comes from ``$MINIALEX_BACKEND`` (default ``numpy``).
 
@@ -15,6 +17,7 @@ Random numbers live in ``minialex.random``, CPU threads in ``minialex.parallel``
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -24,7 +27,7 @@ import numpy
 
 __all__ = [
     "BackendError", "as_strided", "available_backends", "describe_device", "fuse", "get_array_module", "get_backend",
-    "on_cpu", "set_backend", "synchronize", "to_device", "to_numpy", "xp",
+    "on_cpu", "set_backend", "synchronize", "to_device", "to_numpy", "using_module", "xp",
 ]
 
 BACKENDS = ("numpy", "cupy", "auto")
@@ -120,11 +123,34 @@ def xp():
 
 
 def get_array_module(*arrays):
-    """The module that owns the arrays: cupy if any is a CuPy array, else numpy."""
+    """The module that owns the arrays: cupy if any is a CuPy array, the stand-in of ``using_module``
+    if any is its ``ndarray``, else numpy."""
     for array in arrays:
         if type(array).__module__.startswith("cupy"):
             return sys.modules["cupy"]      # a CuPy array exists, so cupy is imported: no driver query
+    stand_in = _state["stand_in"]
+    if stand_in is not None and any(isinstance(array, stand_in.ndarray) for array in arrays):
+        return stand_in
     return numpy
+
+
+@contextlib.contextmanager
+def using_module(module, name: str):
+    """Within the block, ``module`` stands in for CuPy: ``xp()`` is ``module``, ``get_backend()`` says
+    ``name``, and ``get_array_module`` returns ``module`` for arrays of its type ``module.ndarray``.
+
+    ``name`` should be neither 'numpy' nor 'cupy': code then takes its GPU path (``on_cpu`` is false
+    for the stand-in's arrays), asks ``module.fuse`` for what ``backend.fuse`` and ``minialex.kernels``
+    fuse, and runs it on the CPU. The launch counter (``benchmarks/launch_count.py``) is such a module:
+    NumPy arrays that count what CuPy would launch. On exit the previous backend comes back. Yields
+    ``module``.
+    """
+    previous = dict(_state)
+    _state.update(name=name, xp=module, stand_in=module)
+    try:
+        yield module
+    finally:
+        _state.update(previous)
 
 
 def on_cpu(*arrays) -> bool:
@@ -202,7 +228,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-_state = {"name": None, "xp": None}
+_state = {"name": None, "xp": None, "stand_in": None}
 
 
 def _ensure_backend():

@@ -49,6 +49,31 @@ def test_cupy_without_cupy_says_what_to_install(monkeypatch):
     assert backend.get_backend() == "numpy"
 
 
+class StandInArray(np.ndarray):
+    """The arrays of StandIn: NumPy arrays of another type."""
+
+
+class StandIn:
+    """The least a stand-in module needs: its array type; anything else is NumPy's."""
+    __name__ = "stand_in"
+    ndarray = StandInArray
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def test_using_module_makes_a_stand_in_the_backend_for_a_block():
+    stand_in = StandIn()
+    plain = np.ones(3)
+    with backend.using_module(stand_in, "stand-in") as module:
+        assert module is stand_in and backend.xp() is stand_in and backend.get_backend() == "stand-in"
+        own = plain.view(StandInArray)
+        assert backend.get_array_module(plain, own) is stand_in and not backend.on_cpu(own)
+        assert backend.get_array_module(plain) is np and backend.on_cpu(plain)
+    assert backend.get_backend() == "numpy" and backend.xp() is np
+    assert backend.get_array_module(own) is np
+
+
 def test_environment_variable_picks_the_starting_backend():
     code = "from minialex import backend; print(backend.get_backend())"
     env = {"MINIALEX_BACKEND": "numpy", "PATH": ""}
