@@ -15,7 +15,7 @@ import pytest
 
 from minialex import backend, kernels, random
 from minialex.layers import Conv2D, Dense, Dropout, LocalResponseNorm, MaxPool2D, ReLU
-from minialex.layers.activations import relu_backward
+from minialex.layers.activations import add_bias_relu, relu_backward
 from minialex.layers.conv import col2im, im2col
 from minialex.losses import SoftmaxCrossEntropy, gradient
 from minialex.optimizers import Adam
@@ -387,6 +387,9 @@ def test_fused_functions_on_the_gpu(cuda):
     dout, y = rng(27).standard_normal((8, 5)).astype(np.float32), rng(28).standard_normal((8, 5)).astype(np.float32)
     np.testing.assert_array_equal(backend.to_numpy(relu_backward(backend.to_device(dout), backend.to_device(y))),
                                   relu_backward(dout, y))
+    bias = y[0]
+    np.testing.assert_array_equal(backend.to_numpy(add_bias_relu(backend.to_device(dout), backend.to_device(bias))),
+                                  np.maximum(dout + bias, 0))
     np.testing.assert_allclose(backend.to_numpy(gradient(backend.to_device(dout), backend.to_device(y), 64)),
                                gradient(dout, y, 64), rtol=1e-7)
     relu = ReLU()
