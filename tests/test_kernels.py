@@ -100,6 +100,18 @@ def test_dropout_numpy_draws_the_layer_s_mask():
     assert generator.position == random.get_rng().position == x.size
 
 
+def test_dropout_numpy_draws_on_its_input_s_backend_not_the_active_one():
+    """With another backend active (in the CuPy leg: CuPy), a NumPy input gets a NumPy mask, not a
+    device array that ``x * mask`` would mix with a host one."""
+    x = rng(6).standard_normal((8, 5)).astype(np.float32)
+    expected = kernels.dropout_numpy(x, 0.5, random.Generator(3))
+    with launch_count.counting():
+        got = kernels.dropout_numpy(x, 0.5, random.Generator(3))
+    for array, expected_array in zip(got, expected):
+        assert type(array) is np.ndarray
+        np.testing.assert_array_equal(array, expected_array)
+
+
 def splitmix_finaliser(z):
     """The SplitMix64 finaliser, as the dropout kernel runs it on ``start + i * GOLDEN_GAMMA``."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -291,10 +303,11 @@ class CppCupy:
 CPP_CUPY = CppCupy()      # one, so that each kernel compiles once (minialex.kernels keeps them per module)
 
 
-@pytest.fixture(params=["gpu", "cpp"])
+@pytest.fixture(params=["cupy", "cpp"])
 def cuda(request):
-    """Where the kernels' CUDA halves run: 'gpu', on CuPy (skipped without one); 'cpp', their operation
-    compiled as plain C++ for the CPU (skipped without g++), so that their logic is tested everywhere."""
+    """Where the kernels' CUDA halves run: 'cupy', on a GPU (skipped without one; ``pytest --backend cupy``
+    runs this leg only); 'cpp', their operation compiled as plain C++ for the CPU (skipped without g++),
+    so that their logic is tested everywhere."""
     if request.param == "cpp":
         if shutil.which("g++") is None:
             pytest.skip("no C++ compiler")
@@ -308,7 +321,7 @@ def cuda(request):
 
 
 def run_cuda(cuda, kernel, *args):
-    """kernel's CUDA half on the arguments (moved to the GPU for 'gpu'), results as NumPy arrays."""
+    """kernel's CUDA half on the arguments (moved to the GPU for 'cupy'), results as NumPy arrays."""
     if cuda == "cpp":
         return as_tuple(kernel.cuda_half(CPP_CUPY, *args))
     result = kernel(*[backend.to_device(a) if isinstance(a, np.ndarray) else a for a in args])
@@ -373,7 +386,7 @@ def test_cuda_adam_in_place(cuda):
     param, grad, m = (rng(s).standard_normal(1000).astype(np.float32) for s in (24, 25, 26))
     on_host = [param, grad, m, np.abs(m)]                       # parameters, gradient, m, v >= 0
     arrays = [a.copy() if cuda == "cpp" else backend.to_device(a) for a in on_host]
-    adam = kernels.adam if cuda == "gpu" else lambda *args: kernels.adam.cuda_half(CPP_CUPY, *args)
+    adam = kernels.adam if cuda == "cupy" else lambda *args: kernels.adam.cuda_half(CPP_CUPY, *args)
     for _ in range(3):
         adam(*arrays, 1e-3, 0.9, 0.999, 1e-7)
         kernels.adam_numpy(*on_host, 1e-3, 0.9, 0.999, 1e-7)
