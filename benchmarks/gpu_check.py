@@ -9,7 +9,8 @@ runs in a process of its own with a time limit; the limits add up to 7.5 minutes
 kernel cache), and ``--budget`` caps the whole run whatever the stages take:
 
   device     20 s  the card; CuPy, CUDA, driver and PyTorch versions
-  tests     150 s  pytest tests --backend cupy: the suite's CuPy leg only, first-call kernel compilation included
+  tests     150 s  pytest tests --backend cupy: the suite's CuPy leg only (each CUDA kernel against its NumPy
+                   half, tests/test_kernels.py, included), first-call kernel compilation included
   gradcheck  45 s  python -m minialex.gradcheck --backend cupy: every row within 1e-6 in float64
   train      90 s  the tutorial's run (5 epochs, batch 64, Adam 1e-3, validation_split 0.2): training
                    seconds, each epoch's seconds, test accuracy, peak GPU memory; keeps the weights

@@ -5,9 +5,9 @@
 On a GPU a small network's step is bound by launches, not FLOPs: the host spends roughly 5-15
 microseconds on every CuPy call that starts a kernel, and at batch 64 most of this network's kernels
 finish faster than that. This script counts those calls without a GPU. It runs the tutorial network
-on NumPy through a *counting stand-in* for the array module: ``backend.get_array_module`` and
-``backend.xp()`` return ``CountingModule``, and the arrays are ``CountingArray`` (NumPy arrays that
-count). What CuPy would launch a kernel for counts one:
+on NumPy through a *counting stand-in* for the array module (``backend.using_module``):
+``backend.get_array_module`` and ``backend.xp()`` return ``CountingModule``, and the arrays are
+``CountingArray`` (NumPy arrays that count). What CuPy would launch a kernel for counts one:
 
 - every ufunc call (operators, in-place and ``out=`` included), every reduction (sum, max, argmax ...),
   every matrix product;
@@ -247,6 +247,7 @@ class CountingModule:
     """
 
     __name__ = "minialex_launch_count"
+    ndarray = CountingArray         # the arrays backend.get_array_module gives to this module
 
     def __init__(self):
         self.lib = type("lib", (), {"stride_tricks": type("stride_tricks", (), {
@@ -261,8 +262,8 @@ class CountingModule:
 
     @staticmethod
     def fuse(function):
-        """What ``backend.fuse`` and ``minialex.kernels`` ask for: ``function`` (a fused kernel's NumPy
-        twin) run as ONE launch."""
+        """What ``backend.fuse`` and ``minialex.kernels`` ask for: ``function`` (a fused function, or a
+        kernel's NumPy half) run as ONE launch."""
         @functools.wraps(function)
         def fused(*args, **kwargs):
             _count(1)
@@ -279,24 +280,13 @@ MODULE = CountingModule()
 def counting(counter: LaunchCounter | None = None):
     """Within the block, the active backend is the counting stand-in; yields the LaunchCounter."""
     counter = counter or LaunchCounter()
-    real_get_array_module = backend.get_array_module
-
-    def get_array_module(*arrays):
-        if any(isinstance(a, CountingArray) for a in arrays):
-            return MODULE
-        return real_get_array_module(*arrays)
-
-    previous_state = dict(backend._state)
     previous_counter = _active["counter"]
-    backend.get_array_module = get_array_module
-    backend._state.update(name=NAME, xp=MODULE)
     _active["counter"] = counter
     try:
-        yield counter
+        with backend.using_module(MODULE, NAME):
+            yield counter
     finally:
         _active["counter"] = previous_counter
-        backend._state.update(previous_state)
-        backend.get_array_module = real_get_array_module
 
 
 def labelled(counter, name, function):

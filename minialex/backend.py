@@ -8,6 +8,8 @@ runs on the CPU through NumPy and on an NVIDIA GPU through CuPy::
     with backend.set_backend("numpy"):   # ...or only for a block
         ...
     xp = backend.get_array_module(x)     # the module that owns x
+    with backend.using_module(stand_in, "counting"):   # a stand-in for CuPy on the CPU (see there)
+        ...
 
 The starting backend comes from ``$MINIALEX_BACKEND`` (default ``numpy``).
 
@@ -15,6 +17,7 @@ Random numbers live in ``minialex.random``, CPU threads in ``minialex.parallel``
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -23,8 +26,8 @@ import sys
 import numpy
 
 __all__ = [
-    "BackendError", "as_strided", "available_backends", "describe_device", "fuse", "get_array_module", "get_backend",
-    "on_cpu", "set_backend", "synchronize", "to_device", "to_numpy", "xp",
+    "BackendError", "CudaLibrariesMissing", "as_strided", "available_backends", "describe_device", "fuse", "get_array_module", "get_backend",
+    "on_cpu", "set_backend", "synchronize", "to_device", "to_numpy", "using_module", "xp",
 ]
 
 BACKENDS = ("numpy", "cupy", "auto")
@@ -38,8 +41,13 @@ class BackendError(RuntimeError):
     """An unknown backend name, or a backend this machine cannot run."""
 
 
+class CudaLibrariesMissing(BackendError):
+    """CuPy imports and a GPU answers, but CuPy cannot load a CUDA library minialex needs."""
+
+
 def _import_cupy():
-    """Return the cupy module if it imports and a GPU answers; else raise BackendError."""
+    """Return the cupy module if it imports, a GPU answers and CuPy loads the CUDA libraries this code
+    needs (``missing_cuda_libraries``); else raise BackendError (CudaLibrariesMissing for the last)."""
     try:
         import cupy
     except ImportError as exc:
@@ -52,11 +60,33 @@ def _import_cupy():
                            "run on a machine with an NVIDIA GPU and driver, or use --backend numpy") from None
     if count < 1:
         raise BackendError("CuPy is installed but no CUDA device is visible; use --backend numpy")
+    missing = missing_cuda_libraries(cupy)
+    if missing:
+        major = cupy.cuda.runtime.runtimeGetVersion() // 1000
+        install = (f"pip install 'minialex[cuda{major}]' installs CuPy with its CUDA {major} libraries"
+                   if major in (12, 13) else CUPY_INSTALL_HINT)
+        raise CudaLibrariesMissing(f"CuPy {cupy.__version__} sees a GPU but cannot load {' or '.join(missing)}; "
+                                   f"{install}, or use --backend numpy")
     return cupy
 
 
+def missing_cuda_libraries(cupy) -> list[str]:
+    """What CuPy cannot load, each with CuPy's reason: NVRTC (which compiles every kernel) and cuBLAS
+    (the matrix products) come with the CUDA toolkit or its pip wheels, not with the driver."""
+    missing = []
+    try:
+        cupy.cuda.nvrtc.getVersion()
+    except Exception as exc:  # CuPy's loader raises its own error types
+        missing.append(f"NVRTC, the CUDA compiler ({' '.join(str(exc).split())})")
+    try:
+        cupy.cuda.cublas           # imported on first use: fails if the library does not load
+    except Exception as exc:
+        missing.append(f"cuBLAS ({' '.join(str(exc).split())})")
+    return missing
+
+
 def cupy_available() -> bool:
-    """True where CuPy imports and a CUDA device answers."""
+    """True where CuPy imports, a CUDA device answers and CuPy loads NVRTC and cuBLAS."""
     try:
         _import_cupy()
     except BackendError:
@@ -78,8 +108,12 @@ def _resolve(name: str):
         return "numpy", numpy
     if name == "cupy":
         return "cupy", _import_cupy()
-    if cupy_available():
+    try:
         return "cupy", _import_cupy()
+    except CudaLibrariesMissing as exc:     # a GPU, but not what CuPy needs on it: say so, in one line
+        print(f"minialex: backend 'auto' uses NumPy: {exc}", file=sys.stderr)
+    except BackendError:
+        pass
     return "numpy", numpy
 
 
@@ -98,7 +132,8 @@ class _BackendScope:
 
 
 def set_backend(name: str) -> _BackendScope:
-    """Switch the active backend to 'numpy', 'cupy' or 'auto' (CuPy where a GPU answers).
+    """Switch the active backend to 'numpy', 'cupy' or 'auto' (CuPy where a GPU answers and CuPy loads
+    its CUDA libraries; else NumPy, saying why in one line on stderr when only the libraries are missing).
 
     Usable as a plain call or as a context manager that restores the previous backend.
     """
@@ -120,11 +155,34 @@ def xp():
 
 
 def get_array_module(*arrays):
-    """The module that owns the arrays: cupy if any is a CuPy array, else numpy."""
+    """The module that owns the arrays: cupy if any is a CuPy array, the stand-in of ``using_module``
+    if any is its ``ndarray``, else numpy."""
     for array in arrays:
         if type(array).__module__.startswith("cupy"):
             return sys.modules["cupy"]      # a CuPy array exists, so cupy is imported: no driver query
+    stand_in = _state["stand_in"]
+    if stand_in is not None and any(isinstance(array, stand_in.ndarray) for array in arrays):
+        return stand_in
     return numpy
+
+
+@contextlib.contextmanager
+def using_module(module, name: str):
+    """Within the block, ``module`` stands in for CuPy: ``xp()`` is ``module``, ``get_backend()`` says
+    ``name``, and ``get_array_module`` returns ``module`` for arrays of its type ``module.ndarray``.
+
+    ``name`` should be neither 'numpy' nor 'cupy': code then takes its GPU path (``on_cpu`` is false
+    for the stand-in's arrays), asks ``module.fuse`` for what ``backend.fuse`` and ``minialex.kernels``
+    fuse, and runs it on the CPU. The launch counter (``benchmarks/launch_count.py``) is such a module:
+    NumPy arrays that count what CuPy would launch. On exit the previous backend comes back. Yields
+    ``module``.
+    """
+    previous = dict(_state)
+    _state.update(name=name, xp=module, stand_in=module)
+    try:
+        yield module
+    finally:
+        _state.update(previous)
 
 
 def on_cpu(*arrays) -> bool:
@@ -202,7 +260,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-_state = {"name": None, "xp": None}
+_state = {"name": None, "xp": None, "stand_in": None}
 
 
 def _ensure_backend():

@@ -1,4 +1,4 @@
-"""Fused GPU kernels: one CUDA kernel each where NumPy takes several steps, each beside its NumPy twin.
+"""Fused GPU kernels: one CUDA kernel each where NumPy takes several steps, each beside its NumPy half.
 
 On a GPU every array operation is a kernel launch, and the host spends roughly 10 microseconds on
 each: for a network this small that, not the arithmetic, sets the time of a step
@@ -7,13 +7,13 @@ GPU path calls one of these instead (``backend.on_cpu(x)`` chooses; the CPU path
 
 Each kernel has two halves, called with the same arguments:
 
-- its NumPy *twin*: the same maths in plain NumPy, written to be read (not for speed); tests hold it
-  equal to the layer's CPU path, and on a GPU to the kernel;
+- its *NumPy half* (``im2col_numpy``, ``lrn_numpy``, ...): the same maths in plain NumPy, written to be
+  read (not for speed); tests hold it equal to the layer's CPU path, and the CUDA half to it;
 - its CUDA half: a ``cupy.ElementwiseKernel``, C++ for ONE output element that CuPy runs once per
   element (``i`` is the element's flat index; ``raw`` arrays are read at any flat index).
 
-On NumPy a kernel runs its twin; on CuPy its CUDA half, exactly one launch; on another array module
-(the launch counter's stand-in) its twin, counted as one launch. Simple elementwise chains need no
+On NumPy a kernel runs its NumPy half; on CuPy its CUDA half, exactly one launch; on another array
+module (the launch counter's stand-in) its NumPy half, counted as one launch. Simple elementwise chains need no
 hand-written kernel: ``backend.fuse`` compiles the NumPy lines themselves with ``cupy.fuse``.
 """
 from __future__ import annotations
@@ -25,19 +25,19 @@ from . import backend
 
 
 class Kernel:
-    """A GPU kernel (``cuda(cupy, *args)``) and its NumPy twin (``twin(*args)``)."""
+    """A GPU kernel: its NumPy half (``numpy_half(*args)``) and its CUDA half (``cuda_half(cupy, *args)``)."""
 
-    def __init__(self, twin, cuda):
-        self.twin, self.cuda = twin, cuda
-        functools.update_wrapper(self, twin)
+    def __init__(self, numpy_half, cuda_half):
+        self.numpy_half, self.cuda_half = numpy_half, cuda_half
+        functools.update_wrapper(self, numpy_half)
 
     def __call__(self, *args, **kwargs):
         if backend.on_cpu(args[0]):
-            return self.twin(*args, **kwargs)
+            return self.numpy_half(*args, **kwargs)
         module = backend.get_array_module(args[0])
         if module.__name__ == "cupy":
-            return self.cuda(module, *args, **kwargs)
-        return module.fuse(self.twin)(*args, **kwargs)
+            return self.cuda_half(module, *args, **kwargs)
+        return module.fuse(self.numpy_half)(*args, **kwargs)
 
 
 _compiled: dict = {}
@@ -59,7 +59,7 @@ def _pad_spec(pads):
 
 # ---- Conv2D: im2col with its padding, col2im cropped ---------------------------------------------
 
-def im2col_twin(x, pads, kernel_size, strides, out_size):
+def im2col_numpy(x, pads, kernel_size, strides, out_size):
     """cols[(n, oh, ow), (i, j, c)] = xpad[n, oh*SH + i, ow*SW + j, c], xpad = x with ``pads`` zeros
     (conv.im2col of the padded input: the same matrix)."""
     xp = backend.get_array_module(x)
@@ -90,17 +90,17 @@ def _im2col_cuda(cupy, x, pads, kernel_size, strides, out_size):
     return cols
 
 
-im2col = Kernel(im2col_twin, _im2col_cuda)
+im2col = Kernel(im2col_numpy, _im2col_cuda)
 
 
-def col2im_twin(dcols, input_shape, pads, kernel_size, strides, out_size):
+def col2im_numpy(dcols, input_shape, pads, kernel_size, strides, out_size):
     """im2col's adjoint, cropped to the input: each input pixel gets the sum of the entries of dcols
     that im2col copied it into. Written as just that: im2col of the pixels' numbers (1, 2, ...; the
     padding's zeros are 0), then dcols summed by number."""
     xp = backend.get_array_module(dcols)
     size = math.prod(input_shape)
     numbers = xp.arange(1, size + 1).reshape(input_shape)
-    copied_from = im2col_twin(numbers, pads, kernel_size, strides, out_size)
+    copied_from = im2col_numpy(numbers, pads, kernel_size, strides, out_size)
     sums = xp.bincount(copied_from.ravel(), weights=dcols.ravel(), minlength=size + 1)
     return sums[1:].reshape(input_shape).astype(dcols.dtype)
 
@@ -132,7 +132,7 @@ def _col2im_cuda(cupy, dcols, input_shape, pads, kernel_size, strides, out_size)
     return dx
 
 
-col2im = Kernel(col2im_twin, _col2im_cuda)
+col2im = Kernel(col2im_numpy, _col2im_cuda)
 
 
 # ---- LocalResponseNorm ------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def _window_sums(values, depth_radius):
     return sum(padded[..., k:k + channels] for k in range(2 * r + 1))
 
 
-def lrn_twin(x, depth_radius, bias, alpha, beta):
+def lrn_numpy(x, depth_radius, bias, alpha, beta):
     """(y, den): den = bias + alpha * (sum of x^2 over the channel window), y = x / den^beta."""
     den = bias + alpha * _window_sums(x * x, depth_radius)
     return x / den ** beta, den
@@ -167,10 +167,10 @@ def _lrn_cuda(cupy, x, depth_radius, bias, alpha, beta):
     return y, den
 
 
-lrn = Kernel(lrn_twin, _lrn_cuda)
+lrn = Kernel(lrn_numpy, _lrn_cuda)
 
 
-def lrn_backward_twin(dout, x, y, den, depth_radius, alpha, beta):
+def lrn_backward_numpy(dout, x, y, den, depth_radius, alpha, beta):
     """dx = dout / den^beta - 2 alpha beta x * (sum over the channel window of dout * y / den)."""
     return dout / den ** beta - 2.0 * alpha * beta * x * _window_sums(dout * y / den, depth_radius)
 
@@ -191,7 +191,7 @@ def _lrn_backward_cuda(cupy, dout, x, y, den, depth_radius, alpha, beta):
     return dx
 
 
-lrn_backward = Kernel(lrn_backward_twin, _lrn_backward_cuda)
+lrn_backward = Kernel(lrn_backward_numpy, _lrn_backward_cuda)
 
 
 # ---- MaxPool2D ----------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def _pool_taps(xpad, pool_size, strides, out_size):
             yield index, xpad[index]
 
 
-def max_pool_twin(x, pool_size, strides, pads, out_size):
+def max_pool_numpy(x, pool_size, strides, pads, out_size):
     """y[n, oh, ow, c] = max over the window's taps; padding (-inf) never wins."""
     xp = backend.get_array_module(x)
     xpad = xp.pad(x, _pad_spec(pads), constant_values=-xp.inf)
@@ -239,10 +239,10 @@ def _max_pool_cuda(cupy, x, pool_size, strides, pads, out_size):
     return y
 
 
-max_pool = Kernel(max_pool_twin, _max_pool_cuda)
+max_pool = Kernel(max_pool_numpy, _max_pool_cuda)
 
 
-def max_pool_backward_twin(dout, x, y, pool_size, strides, pads, out_size):
+def max_pool_backward_numpy(dout, x, y, pool_size, strides, pads, out_size):
     """Each dout goes to its window's FIRST maximum, taps taken column by column (left to right), top
     to bottom within a column: the rule of MaxPool2D's two passes. Overlapping windows add up."""
     xp = backend.get_array_module(dout)
@@ -296,12 +296,12 @@ def _max_pool_backward_cuda(cupy, dout, x, y, pool_size, strides, pads, out_size
     return dx
 
 
-max_pool_backward = Kernel(max_pool_backward_twin, _max_pool_backward_cuda)
+max_pool_backward = Kernel(max_pool_backward_numpy, _max_pool_backward_cuda)
 
 
 # ---- Dropout ------------------------------------------------------------------------------------
 
-def dropout_twin(x, rate, rng):
+def dropout_numpy(x, rate, rng):
     """(y, mask): mask = [u >= rate] / (1 - rate) from the generator's next draws u, and y = x * mask."""
     mask = (rng.random(x.shape, x.dtype, like=x) >= rate).astype(x.dtype) * (1.0 / (1.0 - rate))
     return x * mask, mask
@@ -325,12 +325,12 @@ def _dropout_cuda(cupy, x, rate, rng):
     return y, mask
 
 
-dropout = Kernel(dropout_twin, _dropout_cuda)
+dropout = Kernel(dropout_numpy, _dropout_cuda)
 
 
 # ---- the loss: softmax cross-entropy --------------------------------------------------------------
 
-def softmax_cross_entropy_twin(logits, targets):
+def softmax_cross_entropy_numpy(logits, targets):
     """(each row's loss / N, probabilities) of softmax cross-entropy: the mean loss is their sum."""
     xp = backend.get_array_module(logits)
     log_probs = logits - logits.max(axis=1, keepdims=True)
@@ -363,12 +363,12 @@ def _softmax_cross_entropy_cuda(cupy, logits, targets):
     return row_losses, probs
 
 
-softmax_cross_entropy = Kernel(softmax_cross_entropy_twin, _softmax_cross_entropy_cuda)
+softmax_cross_entropy = Kernel(softmax_cross_entropy_numpy, _softmax_cross_entropy_cuda)
 
 
 # ---- Adam over the flat buffer ------------------------------------------------------------------
 
-def adam_twin(param, grad, m, v, alpha, beta_1, beta_2, epsilon):
+def adam_numpy(param, grad, m, v, alpha, beta_1, beta_2, epsilon):
     """Keras's Adam step, in place: m, v move towards g, g^2; p -= alpha_t * m / (sqrt(v) + epsilon)."""
     xp = backend.get_array_module(param)
     m += (1.0 - beta_1) * (grad - m)
@@ -387,4 +387,4 @@ def _adam_cuda(cupy, param, grad, m, v, alpha, beta_1, beta_2, epsilon):
     _elementwise(cupy, ADAM)(grad, alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon, param, m, v)
 
 
-adam = Kernel(adam_twin, _adam_cuda)
+adam = Kernel(adam_numpy, _adam_cuda)

@@ -2,8 +2,9 @@
 
 Tests that take the ``xp_backend`` fixture run once per backend: NumPy always, CuPy where it
 imports and a GPU answers (a clean skip elsewhere). ``pytest --backend cupy`` runs only the CuPy
-leg (and fails loudly if CuPy cannot run): the tests that do not take ``xp_backend`` run on NumPy
-alone, so that choice deselects them. ``--backend numpy`` runs the NumPy leg and those tests.
+leg (and fails loudly if CuPy cannot run): the tests with a parameter 'cupy' (``xp_backend``'s, or
+another fixture's GPU leg, such as ``cuda`` in test_kernels.py); it deselects the rest, which run on
+the CPU alone. ``--backend numpy`` runs the NumPy leg and the CPU-only tests.
 
 A test builds its layers inside itself, never at collection (in a parametrize list or at module
 level): a layer built once holds its parameters on the backend active then, and the other leg
@@ -27,14 +28,16 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under ``--backend cupy``, deselect this suite's tests that have no CuPy leg."""
+    """Under ``--backend cupy``, deselect this suite's tests that are not a CuPy leg."""
     if config.getoption("--backend") != "cupy":
         return
     here = Path(__file__).resolve().parent
 
     def numpy_only(item):
         in_suite = here in Path(str(item.fspath)).resolve().parents
-        return in_suite and "xp_backend" not in getattr(item, "fixturenames", ())
+        callspec = getattr(item, "callspec", None)
+        values = callspec.params.values() if callspec is not None else ()
+        return in_suite and not any(isinstance(value, str) and value == "cupy" for value in values)
 
     deselected = [item for item in items if numpy_only(item)]
     if deselected:

@@ -4,6 +4,7 @@ import builtins
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,11 +21,66 @@ def test_set_backend_call_and_context_manager():
     assert backend.get_backend() == "numpy"
 
 
-def test_auto_falls_back_to_numpy_without_a_gpu(monkeypatch):
-    monkeypatch.setattr(backend, "cupy_available", lambda: False)
+def stand_in_cupy(devices=1, nvrtc=None, cublas=None, cuda_version=12090):
+    """A stand-in for the cupy module: ``devices`` GPUs answer (an int, or an exception that the device
+    count raises); NVRTC and cuBLAS load unless ``nvrtc`` / ``cublas`` is the exception they raise."""
+    def answer(value):
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    class Cuda:
+        runtime = SimpleNamespace(getDeviceCount=lambda: answer(devices), runtimeGetVersion=lambda: cuda_version)
+        nvrtc = SimpleNamespace(getVersion=lambda: answer(nvrtc) or (12, 9))
+
+        @property
+        def cublas(self):
+            return answer(cublas) or SimpleNamespace()
+
+    return SimpleNamespace(__name__="cupy", __version__="14.2.0", cuda=Cuda())
+
+
+NO_NVRTC = RuntimeError('Failure finding "libnvrtc.so.13 or libnvrtc.so.12": No such file')
+NO_CUBLAS = ImportError('Failure finding "libcublasLt.so.13 or libcublasLt.so.12": No such file')
+
+
+def test_auto_falls_back_to_numpy_without_a_gpu(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "cupy", stand_in_cupy(devices=RuntimeError("cudaErrorNoDevice")))
     assert backend.available_backends() == ["numpy"]
     with backend.set_backend("auto"):
         assert backend.get_backend() == "numpy"
+    assert capsys.readouterr().err == ""                      # no GPU: nothing to say
+
+
+@pytest.mark.parametrize("nvrtc,cublas,missing", [(NO_NVRTC, None, ["NVRTC"]), (None, NO_CUBLAS, ["cuBLAS"]),
+                                                  (NO_NVRTC, NO_CUBLAS, ["NVRTC", "cuBLAS"])])
+def test_cupy_without_its_cuda_libraries_says_what_is_missing_and_how_to_install_it(monkeypatch, nvrtc, cublas,
+                                                                                      missing):
+    monkeypatch.setitem(sys.modules, "cupy", stand_in_cupy(nvrtc=nvrtc, cublas=cublas))
+    with pytest.raises(backend.CudaLibrariesMissing) as error:
+        backend.set_backend("cupy")
+    message = str(error.value)
+    assert "\n" not in message and "sees a GPU" in message and "pip install 'minialex[cuda12]'" in message
+    assert [name for name in ("NVRTC", "cuBLAS") if name in message] == missing
+    assert "libnvrtc.so" in message if nvrtc else "libcublasLt.so" in message
+    assert backend.get_backend() == "numpy" and not backend.cupy_available()
+
+
+def test_auto_says_in_one_line_why_it_uses_numpy_on_a_gpu_without_cuda_libraries(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "cupy", stand_in_cupy(cublas=NO_CUBLAS, cuda_version=13000))
+    with backend.set_backend("auto"):
+        assert backend.get_backend() == "numpy"
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("minialex: backend 'auto' uses NumPy: ")
+    assert "cuBLAS" in lines[0] and "pip install 'minialex[cuda13]'" in lines[0]
+
+
+def test_cupy_with_its_cuda_libraries_is_the_backend(monkeypatch):
+    cupy = stand_in_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    with backend.set_backend("auto"):
+        assert backend.get_backend() == "cupy" and backend.xp() is cupy
+    assert backend.get_backend() == "numpy"
 
 
 @pytest.mark.parametrize("name", ["tensorflow", "", "CUDA", None])
@@ -47,6 +103,31 @@ def test_cupy_without_cupy_says_what_to_install(monkeypatch):
     with pytest.raises(backend.BackendError, match=r"pip install 'minialex\[cuda12\]'.*\[cuda13\]"):
         backend.set_backend("cupy")
     assert backend.get_backend() == "numpy"
+
+
+class StandInArray(np.ndarray):
+    """The arrays of StandIn: NumPy arrays of another type."""
+
+
+class StandIn:
+    """The least a stand-in module needs: its array type; anything else is NumPy's."""
+    __name__ = "stand_in"
+    ndarray = StandInArray
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def test_using_module_makes_a_stand_in_the_backend_for_a_block():
+    stand_in = StandIn()
+    plain = np.ones(3)
+    with backend.using_module(stand_in, "stand-in") as module:
+        assert module is stand_in and backend.xp() is stand_in and backend.get_backend() == "stand-in"
+        own = plain.view(StandInArray)
+        assert backend.get_array_module(plain, own) is stand_in and not backend.on_cpu(own)
+        assert backend.get_array_module(plain) is np and backend.on_cpu(plain)
+    assert backend.get_backend() == "numpy" and backend.xp() is np
+    assert backend.get_array_module(own) is np
 
 
 def test_environment_variable_picks_the_starting_backend():

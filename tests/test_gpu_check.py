@@ -2,6 +2,7 @@
 each, the time budget, the parsers on output shaped like the real stages', and the check's own
 stages (device, the short gradient check, weights across backends) run on NumPy at small sizes."""
 import importlib.util
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -135,6 +136,24 @@ def test_parsers_read_what_the_real_stages_print():
     assert gpu_check.bound({"step_host_ms": 1.0, "step_queued_ms": 2.0}).startswith("the card")
     assert gpu_check.bound({"step_host_ms": 1.0, "step_queued_ms": float("nan"), "step_queued_calls": 0.0}) \
         .startswith("unknown: the step waits")
+
+
+def collected(*options):
+    """The node ids pytest collects from tests/test_kernels.py with these options."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "tests/test_kernels.py", "--collect-only", "-q",
+                          "-p", "no:cacheprovider", *options], cwd=BENCHMARKS.parent, capture_output=True, text=True)
+    return {line for line in run.stdout.splitlines() if "::" in line}
+
+
+def test_the_tests_stage_runs_every_kernel_s_gpu_comparison():
+    """The tests stage (``pytest tests --backend cupy``) runs the CuPy leg of test_kernels.py's comparisons
+    of each CUDA half with its NumPy half, and nothing of that file that runs on the CPU alone."""
+    args = gpu_check.argparse.Namespace(backend="cupy", quick=False, data_dir="d")
+    tests = next(stage for stage in gpu_check.plan(args) if stage.name == "tests")
+    assert "tests" in tests.command and tests.command[tests.command.index("--backend") + 1] == "cupy"
+    gpu_legs = {item for item in collected() if "cupy" in item.partition("[")[2].rstrip("]").split("-")}
+    assert len(gpu_legs) >= 20
+    assert collected("--backend", "cupy") == gpu_legs
 
 
 # ---- the check's own stages, on NumPy at small sizes ------------------------------------------

@@ -1,9 +1,9 @@
 """The GPU path: minialex.kernels and backend.fuse.
 
-- On the CPU: each kernel's NumPy twin equals the layer's CPU code it stands in for, and every layer's
-  GPU path, run through the launch counter's stand-in (twins in the kernels' place), gives the CPU
-  path's results.
-- Each kernel's CUDA half equals its twin: on a GPU (skipped without one), and everywhere as its C++
+- On the CPU: each kernel's NumPy half equals the layer's CPU code it stands in for, and every layer's
+  GPU path, run through the launch counter's stand-in (NumPy halves in the kernels' place), gives the
+  CPU path's results.
+- Each kernel's CUDA half equals its NumPy half: on a GPU (skipped without one), and everywhere as its C++
   compiled for the CPU (a stand-in for ``cupy.ElementwiseKernel``; skipped without g++).
 """
 import shutil
@@ -15,7 +15,7 @@ import pytest
 
 from minialex import backend, kernels, random
 from minialex.layers import Conv2D, Dense, Dropout, LocalResponseNorm, MaxPool2D, ReLU
-from minialex.layers.activations import relu_backward
+from minialex.layers.activations import add_bias_relu, relu_backward
 from minialex.layers.conv import col2im, im2col
 from minialex.losses import SoftmaxCrossEntropy, gradient
 from minialex.optimizers import Adam
@@ -44,60 +44,72 @@ def rng(seed=0):
     return np.random.default_rng(seed)
 
 
-# ---- each twin against the layer's CPU code ---------------------------------------------------
+# ---- each NumPy half against the layer's CPU code ---------------------------------------------
 
 @pytest.mark.parametrize("shape,kernel,strides,pads", CONV_CASES)
-def test_im2col_twin_is_conv_im2col_of_the_padded_input(shape, kernel, strides, pads):
+def test_im2col_numpy_is_conv_im2col_of_the_padded_input(shape, kernel, strides, pads):
     x = rng().standard_normal(shape).astype(np.float32)
     size = out_size(shape, kernel, strides, pads)
     expected = im2col(np.pad(x, ((0, 0),) + pads + ((0, 0),)), kernel, strides, size)
-    np.testing.assert_array_equal(kernels.im2col_twin(x, pads, kernel, strides, size), expected)
+    np.testing.assert_array_equal(kernels.im2col_numpy(x, pads, kernel, strides, size), expected)
 
 
 @pytest.mark.parametrize("shape,kernel,strides,pads", CONV_CASES)
-def test_col2im_twin_is_conv_col2im_cropped(shape, kernel, strides, pads):
+def test_col2im_numpy_is_conv_col2im_cropped(shape, kernel, strides, pads):
     size = out_size(shape, kernel, strides, pads)
     dcols = rng(1).standard_normal((shape[0] * size[0] * size[1], kernel[0] * kernel[1] * shape[3]))
     padded = (shape[0], shape[1] + sum(pads[0]), shape[2] + sum(pads[1]), shape[3])
     (top, _), (left, _) = pads
     expected = col2im(dcols, padded, kernel, strides, size)[:, top:top + shape[1], left:left + shape[2]]
-    np.testing.assert_allclose(kernels.col2im_twin(dcols, shape, pads, kernel, strides, size), expected, rtol=1e-12)
+    np.testing.assert_allclose(kernels.col2im_numpy(dcols, shape, pads, kernel, strides, size), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("radius,bias,alpha,beta", [(2, 1.0, 2e-5, 0.75), (1, 2.0, 0.5, 0.6), (3, 1.5, 0.3, 1.0)])
-def test_lrn_twins_are_the_layer(radius, bias, alpha, beta):
+def test_lrn_numpy_halves_are_the_layer(radius, bias, alpha, beta):
     x, dout = rng(2).standard_normal((2, 3, 4, 7)), rng(3).standard_normal((2, 3, 4, 7))
     layer = LocalResponseNorm(radius, bias, alpha, beta)
     y = layer.forward(x, training=True)
-    twin_y, twin_den = kernels.lrn_twin(x, radius, bias, alpha, beta)
-    np.testing.assert_allclose(twin_y, y, rtol=1e-13)
-    np.testing.assert_allclose(twin_den, layer._den, rtol=1e-13)
-    np.testing.assert_allclose(kernels.lrn_backward_twin(dout, x, y, twin_den, radius, alpha, beta),
+    numpy_y, numpy_den = kernels.lrn_numpy(x, radius, bias, alpha, beta)
+    np.testing.assert_allclose(numpy_y, y, rtol=1e-13)
+    np.testing.assert_allclose(numpy_den, layer._den, rtol=1e-13)
+    np.testing.assert_allclose(kernels.lrn_backward_numpy(dout, x, y, numpy_den, radius, alpha, beta),
                                layer.backward(dout), rtol=1e-11, atol=1e-13)
 
 
 @pytest.mark.parametrize("shape,pool,strides,padding", POOL_CASES)
-def test_max_pool_twins_are_the_layer_ties_included(shape, pool, strides, padding):
+def test_max_pool_numpy_halves_are_the_layer_ties_included(shape, pool, strides, padding):
     x = rng(4).integers(0, 3, shape).astype(np.float32)        # many ties: the routing rule must agree
     layer = MaxPool2D(pool, strides=strides, padding=padding)
     y = layer.forward(x, training=True)
     dout = rng(5).standard_normal(y.shape).astype(np.float32)
     size = y.shape[1:3]
-    np.testing.assert_array_equal(kernels.max_pool_twin(x, pool, strides, layer._pads(x), size), y)
-    np.testing.assert_allclose(kernels.max_pool_backward_twin(dout, x, y, pool, strides, layer._pads(x), size),
+    np.testing.assert_array_equal(kernels.max_pool_numpy(x, pool, strides, layer._pads(x), size), y)
+    np.testing.assert_allclose(kernels.max_pool_backward_numpy(dout, x, y, pool, strides, layer._pads(x), size),
                                layer.backward(dout), rtol=1e-6)      # overlapping windows add in another order
 
 
-def test_dropout_twin_draws_the_layer_s_mask():
+def test_dropout_numpy_draws_the_layer_s_mask():
     x = rng(6).standard_normal((64, 84)).astype(np.float32)
     layer = Dropout(0.5)
     random.set_seed(7)
     y = layer.forward(x, training=True)
     generator = random.set_seed(7)
-    twin_y, twin_mask = kernels.dropout_twin(x, 0.5, generator)
-    np.testing.assert_array_equal(twin_y, y)
-    np.testing.assert_array_equal(twin_mask, layer._mask)
+    numpy_y, numpy_mask = kernels.dropout_numpy(x, 0.5, generator)
+    np.testing.assert_array_equal(numpy_y, y)
+    np.testing.assert_array_equal(numpy_mask, layer._mask)
     assert generator.position == random.get_rng().position == x.size
+
+
+def test_dropout_numpy_draws_on_its_input_s_backend_not_the_active_one():
+    """With another backend active (in the CuPy leg: CuPy), a NumPy input gets a NumPy mask, not a
+    device array that ``x * mask`` would mix with a host one."""
+    x = rng(6).standard_normal((8, 5)).astype(np.float32)
+    expected = kernels.dropout_numpy(x, 0.5, random.Generator(3))
+    with launch_count.counting():
+        got = kernels.dropout_numpy(x, 0.5, random.Generator(3))
+    for array, expected_array in zip(got, expected):
+        assert type(array) is np.ndarray
+        np.testing.assert_array_equal(array, expected_array)
 
 
 def splitmix_finaliser(z):
@@ -131,25 +143,25 @@ def test_row_sliced_reserve_gives_the_rows_of_the_whole_draw():
     assert parent.position == whole.position
 
 
-def test_softmax_cross_entropy_twin_is_the_loss():
+def test_softmax_cross_entropy_numpy_is_the_loss():
     logits, targets = rng(8).standard_normal((16, 10)), np.eye(10)[rng(9).integers(0, 10, 16)]
     loss = SoftmaxCrossEntropy()
     value = loss.forward(logits, targets)
-    row_losses, probs = kernels.softmax_cross_entropy_twin(logits, targets)
+    row_losses, probs = kernels.softmax_cross_entropy_numpy(logits, targets)
     np.testing.assert_allclose(row_losses.sum(), value, rtol=1e-13)
     np.testing.assert_allclose(probs, loss._probs, rtol=1e-13)
 
 
-def test_adam_twin_is_the_optimiser():
+def test_adam_numpy_is_the_optimiser():
     param, grad = rng(10).standard_normal(50), rng(11).standard_normal(50)
-    optimizer, twin = Adam(1e-2), [param.copy(), np.zeros(50), np.zeros(50)]
+    optimizer, state = Adam(1e-2), [param.copy(), np.zeros(50), np.zeros(50)]     # parameters, m, v
     expected = param.copy()
     for step in (1, 2, 3):
         optimizer.apply([expected], [grad * step])
         alpha = 1e-2 * (1 - 0.999 ** step) ** 0.5 / (1 - 0.9 ** step)
-        kernels.adam_twin(twin[0], grad * step, twin[1], twin[2], alpha, 0.9, 0.999, 1e-7)
-    np.testing.assert_allclose(twin[0], expected, rtol=1e-14)
-    np.testing.assert_allclose(twin[1], optimizer.slots["m"][0], rtol=1e-14)
+        kernels.adam_numpy(state[0], grad * step, state[1], state[2], alpha, 0.9, 0.999, 1e-7)
+    np.testing.assert_allclose(state[0], expected, rtol=1e-14)
+    np.testing.assert_allclose(state[1], optimizer.slots["m"][0], rtol=1e-14)
 
 
 # ---- the GPU path, run on the CPU through the launch counter's stand-in ------------------------
@@ -220,7 +232,7 @@ def test_a_training_step_s_gpu_path_gives_the_cpu_gradients():
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-6)
 
 
-# ---- each CUDA half against its twin: on a GPU (the CuPy leg), and as C++ on the CPU ----------------
+# ---- each CUDA half against its NumPy half: on a GPU (the CuPy leg), and as C++ on the CPU ----------
 
 class CppElementwiseKernel:
     """A stand-in for ``cupy.ElementwiseKernel`` that compiles the same operation as plain C++ for the
@@ -291,10 +303,11 @@ class CppCupy:
 CPP_CUPY = CppCupy()      # one, so that each kernel compiles once (minialex.kernels keeps them per module)
 
 
-@pytest.fixture(params=["gpu", "cpp"])
+@pytest.fixture(params=["cupy", "cpp"])
 def cuda(request):
-    """Where the kernels' CUDA halves run: 'gpu', on CuPy (skipped without one); 'cpp', their operation
-    compiled as plain C++ for the CPU (skipped without g++), so that their logic is tested everywhere."""
+    """Where the kernels' CUDA halves run: 'cupy', on a GPU (skipped without one; ``pytest --backend cupy``
+    runs this leg only); 'cpp', their operation compiled as plain C++ for the CPU (skipped without g++),
+    so that their logic is tested everywhere."""
     if request.param == "cpp":
         if shutil.which("g++") is None:
             pytest.skip("no C++ compiler")
@@ -308,9 +321,9 @@ def cuda(request):
 
 
 def run_cuda(cuda, kernel, *args):
-    """kernel's CUDA half on the arguments (moved to the GPU for 'gpu'), results as NumPy arrays."""
+    """kernel's CUDA half on the arguments (moved to the GPU for 'cupy'), results as NumPy arrays."""
     if cuda == "cpp":
-        return as_tuple(kernel.cuda(CPP_CUPY, *args))
+        return as_tuple(kernel.cuda_half(CPP_CUPY, *args))
     result = kernel(*[backend.to_device(a) if isinstance(a, np.ndarray) else a for a in args])
     return tuple(backend.to_numpy(r) for r in as_tuple(result))
 
@@ -319,8 +332,8 @@ def as_tuple(result):
     return result if isinstance(result, tuple) else (result,)
 
 
-def same_as_twin(cuda, kernel, *args, rtol=1e-5, atol=1e-6):
-    for got, expected in zip(run_cuda(cuda, kernel, *args), as_tuple(kernel.twin(*args))):
+def same_as_numpy_half(cuda, kernel, *args, rtol=1e-5, atol=1e-6):
+    for got, expected in zip(run_cuda(cuda, kernel, *args), as_tuple(kernel.numpy_half(*args))):
         np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
 
 
@@ -328,18 +341,18 @@ def same_as_twin(cuda, kernel, *args, rtol=1e-5, atol=1e-6):
 def test_cuda_im2col_and_col2im(cuda, shape, kernel, strides, pads):
     size = out_size(shape, kernel, strides, pads)
     x = rng(14).standard_normal(shape).astype(np.float32)
-    same_as_twin(cuda, kernels.im2col, x, pads, kernel, strides, size, rtol=0, atol=0)
+    same_as_numpy_half(cuda, kernels.im2col, x, pads, kernel, strides, size, rtol=0, atol=0)
     dcols = rng(15).standard_normal((shape[0] * size[0] * size[1], kernel[0] * kernel[1] * shape[3]))
-    same_as_twin(cuda, kernels.col2im, dcols.astype(np.float32), shape, pads, kernel, strides, size)
+    same_as_numpy_half(cuda, kernels.col2im, dcols.astype(np.float32), shape, pads, kernel, strides, size)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("radius,channels", [(2, 32), (1, 3), (3, 5)])
 def test_cuda_lrn(cuda, dtype, radius, channels):
     x, dout = (rng(s).standard_normal((2, 5, 6, channels)).astype(dtype) for s in (16, 17))
-    y, den = kernels.lrn_twin(x, radius, 1.0, 0.1, 0.75)
-    same_as_twin(cuda, kernels.lrn, x, radius, 1.0, 0.1, 0.75)
-    same_as_twin(cuda, kernels.lrn_backward, dout, x, y, den, radius, 0.1, 0.75)
+    y, den = kernels.lrn_numpy(x, radius, 1.0, 0.1, 0.75)
+    same_as_numpy_half(cuda, kernels.lrn, x, radius, 1.0, 0.1, 0.75)
+    same_as_numpy_half(cuda, kernels.lrn_backward, dout, x, y, den, radius, 0.1, 0.75)
 
 
 @pytest.mark.parametrize("shape,pool,strides,padding", POOL_CASES)
@@ -349,8 +362,8 @@ def test_cuda_max_pool_ties_included(cuda, shape, pool, strides, padding):
     y = layer.forward(x)
     pads, size = layer._pads(x), y.shape[1:3]
     dout = rng(19).standard_normal(y.shape).astype(np.float32)
-    same_as_twin(cuda, kernels.max_pool, x, pool, strides, pads, size, rtol=0, atol=0)
-    same_as_twin(cuda, kernels.max_pool_backward, dout, x, y, pool, strides, pads, size, rtol=1e-6, atol=0)
+    same_as_numpy_half(cuda, kernels.max_pool, x, pool, strides, pads, size, rtol=0, atol=0)
+    same_as_numpy_half(cuda, kernels.max_pool_backward, dout, x, y, pool, strides, pads, size, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -358,7 +371,7 @@ def test_cuda_dropout_draws_the_numpy_masks_bit_for_bit(cuda, dtype):
     x = rng(20).standard_normal((64, 84)).astype(dtype)
     first, second = random.Generator(21), random.Generator(21)
     first.bits(5), second.bits(5)
-    for got, expected in zip(run_cuda(cuda, kernels.dropout, x, 0.3, first), kernels.dropout_twin(x, 0.3, second)):
+    for got, expected in zip(run_cuda(cuda, kernels.dropout, x, 0.3, first), kernels.dropout_numpy(x, 0.3, second)):
         np.testing.assert_array_equal(got, expected)
     assert first.position == second.position == 5 + x.size
 
@@ -366,18 +379,18 @@ def test_cuda_dropout_draws_the_numpy_masks_bit_for_bit(cuda, dtype):
 def test_cuda_softmax_cross_entropy(cuda):
     logits = (5 * rng(22).standard_normal((64, 10))).astype(np.float32)
     targets = np.eye(10, dtype=np.float32)[rng(23).integers(0, 10, 64)]
-    same_as_twin(cuda, kernels.softmax_cross_entropy, logits, targets)
+    same_as_numpy_half(cuda, kernels.softmax_cross_entropy, logits, targets)
 
 
 def test_cuda_adam_in_place(cuda):
     param, grad, m = (rng(s).standard_normal(1000).astype(np.float32) for s in (24, 25, 26))
-    twin = [param, grad, m, np.abs(m)]                          # parameters, gradient, m, v >= 0
-    arrays = [a.copy() if cuda == "cpp" else backend.to_device(a) for a in twin]
-    adam = kernels.adam if cuda == "gpu" else lambda *args: kernels.adam.cuda(CPP_CUPY, *args)
+    on_host = [param, grad, m, np.abs(m)]                       # parameters, gradient, m, v >= 0
+    arrays = [a.copy() if cuda == "cpp" else backend.to_device(a) for a in on_host]
+    adam = kernels.adam if cuda == "cupy" else lambda *args: kernels.adam.cuda_half(CPP_CUPY, *args)
     for _ in range(3):
         adam(*arrays, 1e-3, 0.9, 0.999, 1e-7)
-        kernels.adam_twin(*twin, 1e-3, 0.9, 0.999, 1e-7)
-    for got, expected in zip(arrays, twin):
+        kernels.adam_numpy(*on_host, 1e-3, 0.9, 0.999, 1e-7)
+    for got, expected in zip(arrays, on_host):
         np.testing.assert_allclose(backend.to_numpy(got), expected, rtol=1e-5, atol=1e-7)
 
 
@@ -387,6 +400,9 @@ def test_fused_functions_on_the_gpu(cuda):
     dout, y = rng(27).standard_normal((8, 5)).astype(np.float32), rng(28).standard_normal((8, 5)).astype(np.float32)
     np.testing.assert_array_equal(backend.to_numpy(relu_backward(backend.to_device(dout), backend.to_device(y))),
                                   relu_backward(dout, y))
+    bias = y[0]
+    np.testing.assert_array_equal(backend.to_numpy(add_bias_relu(backend.to_device(dout), backend.to_device(bias))),
+                                  np.maximum(dout + bias, 0))
     np.testing.assert_allclose(backend.to_numpy(gradient(backend.to_device(dout), backend.to_device(y), 64)),
                                gradient(dout, y, 64), rtol=1e-7)
     relu = ReLU()
