@@ -81,12 +81,16 @@ class NonFiniteGuard:
         self.epoch, self.checked = epoch, 0
 
     def _snapshot(self, label):
+        """The weights (the moving statistics too: a training forward moves them) and the optimiser's state."""
         self.taken = time.perf_counter()
-        return self.model.flat_parameters.copy(), self.model.optimizer.get_state(), label
+        moving = None if self.model.flat_state is None else self.model.flat_state.copy()
+        return self.model.flat_parameters.copy(), moving, self.model.optimizer.get_state(), label
 
     def _fail(self, what, snapshot):
-        params, state, label = snapshot
+        params, moving, state, label = snapshot
         self.model.flat_parameters[...] = params
+        if moving is not None:
+            self.model.flat_state[...] = moving
         self.model.optimizer.set_state(state)
         raise NonFiniteLossError(f"the {what} became non-finite; training stopped and the weights were restored "
                                  f"to {label} (the last known to give a finite loss). Try a lower learning rate.")
