@@ -7,7 +7,9 @@
 What Keras 3's ``model.save_weights("NAME.weights.h5")`` writes is an HDF5 file with one group per
 layer of the model::
 
-    layers/<key>/vars/0, 1, ...   the layer's variables in order: for Conv2D and Dense 0 = kernel, 1 = bias
+    layers/<key>/vars/0, 1, ...   the layer's variables in order: for Conv2D and Dense 0 = kernel, 1 = bias;
+                                  for BatchNormalization gamma, beta, moving_mean, moving_variance
+                                  (trained ones first; scale=False or center=False leaves gamma or beta out)
     optimizer/vars/...            the optimiser's state, once the model is compiled (minialex ignores it)
     vars                          the model's own variables (none for a Sequential)
 
@@ -16,8 +18,9 @@ layers: conv2d, conv2d_1, ..., lambda, lambda_1, max_pooling2d, ..., dense, dens
 notebook whose cells ran twice, with layers named conv2d_5 and so on, still saves conv2d, ...).
 A minialex layer takes the key of the Keras layer it stands for (``KERAS_CLASSES``: LocalResponseNorm
 is the notebook's Lambda, MaxPool2D is MaxPooling2D), numbered the same way: ``keras_keys(model)``.
-The arrays need no transposing: both keep Conv2D kernels as (height, width, in, out), Dense kernels as
-(in, out), and channels last.
+So any Sequential of minialex layers reads and writes the file Keras's Sequential of the same layers
+does, the weights that are not trained (a layer's ``state``) included. The arrays need no transposing:
+both keep Conv2D kernels as (height, width, in, out), Dense kernels as (in, out), and channels last.
 
 Loading checks every layer before it writes anything into the model: each layer with weights must
 be in the file with as many variables, each of the model's shape and dtype, and the file may hold
@@ -50,19 +53,21 @@ INSTALL_HINT = "pip install 'minialex[keras]'"
 SUFFIX = ".weights.h5"      # Keras 3's load_weights reads a weights-only HDF5 file only under such a name
 
 #: minialex layer class -> the Keras layer class it stands for, as Keras names it in a .weights.h5
-#: file; others take their own class name in snake case (Keras's rule).
+#: file, or None for a layer with no Keras counterpart (a model holding one has no Keras file); a
+#: class not listed (one of your own) takes its own name in snake case (Keras's rule).
 KERAS_CLASSES = {
     "Conv2D": "conv2d",
     "Dense": "dense",
     "MaxPool2D": "max_pooling2d",       # keras.layers.MaxPooling2D (MaxPool2D is its alias)
     "LocalResponseNorm": "lambda",      # the notebook's Lambda(tf.nn.local_response_normalization ...)
+    "BatchNormalization": "batch_normalization",
     "Flatten": "flatten",
     "Dropout": "dropout",
     "ReLU": "re_lu",
     "Softmax": "softmax",
 }
-#: the order of a layer's variables in the file (Keras creates the kernel, then the bias)
-VARIABLE_ORDER = ("kernel", "bias")
+#: the order of a layer's variables in the file: as Keras creates them, the trained ones first
+VARIABLE_ORDER = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
 
 
 class H5pyMissing(ImportError):
@@ -94,17 +99,23 @@ def keras_keys(model):
     counts: dict[str, int] = {}
     keys = []
     for layer in model.layers:
-        base = KERAS_CLASSES.get(type(layer).__name__) or _snake_case(type(layer).__name__)
+        name = type(layer).__name__
+        if name in KERAS_CLASSES and KERAS_CLASSES[name] is None:
+            raise ValueError(f"layer {layer.name!r}: {name} has no Keras counterpart, so the model has no "
+                             f"Keras weights file")
+        base = KERAS_CLASSES.get(name) or _snake_case(name)
         number = counts.get(base, -1) + 1
         counts[base] = number
         keys.append((layer, base if number == 0 else f"{base}_{number}"))
     return keys
 
 
-def _variable_names(layer):
-    """The layer's parameter names in the order of the file's vars/0, vars/1, ..."""
+def _variables(layer):
+    """{name: array} of the layer's weights, trained (``params``) and not (``state``), in the order of
+    the file's vars/0, vars/1, ..."""
     order = {name: i for i, name in enumerate(VARIABLE_ORDER)}
-    return sorted(layer.params, key=lambda name: order.get(name, len(order)))
+    weights = {**layer.params, **layer.state}
+    return {name: weights[name] for name in sorted(weights, key=lambda name: order.get(name, len(order)))}
 
 
 def _label(layer, key):
@@ -200,7 +211,8 @@ def _mismatches(model, found):
     expected_keys = set()
     for layer, key in keras_keys(model):
         expected_keys.add(key)
-        names = _variable_names(layer)
+        variables = _variables(layer)
+        names = list(variables)
         if key not in found:
             if names:
                 problems.append(f"{_label(layer, key)}: not in the file (no group layers/{key})")
@@ -211,7 +223,7 @@ def _mismatches(model, found):
                             f"the model's layer has {len(names)} ({', '.join(names) or 'none'})")
             continue
         for i, (name, dataset) in enumerate(zip(names, datasets)):
-            param = layer.params[name]
+            param = variables[name]
             where = f"layers/{key}/vars/{i}"
             if tuple(dataset.shape) != tuple(param.shape):
                 problems.append(f"{_label(layer, key)}: {name} expected shape {tuple(param.shape)}, "
@@ -242,11 +254,10 @@ def load_keras_weights(model, path):
         if problems:
             raise ValueError(f"{path} does not fit the model:\n  " + "\n  ".join(problems))
         arrays = {key: [_read(dataset, path) for dataset in datasets] for key, datasets in found.items()}
-    weights = []
+    weights = {}
     for layer, key in keras_keys(model):
-        by_name = dict(zip(_variable_names(layer), arrays.get(key, [])))
-        weights += [by_name[name] for name in layer.params]     # set_weights takes params in the model's order
-    model.set_weights(weights)
+        weights.update({f"{layer.name}/{name}": array for name, array in zip(_variables(layer), arrays.get(key, []))})
+    model.assign_weights(weights)
     return model
 
 
@@ -263,7 +274,7 @@ def save_keras_weights(model, path):
         raise ValueError(f"{path}: the name must end in '{SUFFIX}', the only name Keras 3's load_weights reads")
     if not model.built:
         raise ValueError("the model is not built yet: there are no weights to save")
-    layers = [(key, [backend.to_numpy(layer.params[name]) for name in _variable_names(layer)])
+    layers = [(key, [backend.to_numpy(array) for array in _variables(layer).values()])
               for layer, key in keras_keys(model)]
     with atomic_write(path) as temporary, h5py.File(temporary, "w-") as file:
         _write_layers(file, layers)

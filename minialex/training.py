@@ -126,13 +126,17 @@ class NonFiniteGuard:
         self.first_epoch = epoch if self.first_epoch is None else self.first_epoch
 
     def _snapshot(self, label):
+        """The weights (the moving statistics too: a training forward moves them) and the optimiser's state."""
         self.taken = time.perf_counter()
-        return self.model.flat_parameters.copy(), self.model.optimizer.get_state(), label
+        moving = None if self.model.flat_state is None else self.model.flat_state.copy()
+        return self.model.flat_parameters.copy(), moving, self.model.optimizer.get_state(), label
 
     def _fail(self, what, snapshot, step=None):
         """Restore ``snapshot`` and stop; ``step``: the failing step, whose loss came before its update."""
-        params, state, label = snapshot
+        params, moving, state, label = snapshot
         self.model.flat_parameters[...] = params
+        if moving is not None:
+            self.model.flat_state[...] = moving
         self.model.optimizer.set_state(state)
         updated = not (step == 0 and self.epoch == self.first_epoch)
         largest = float(backend.get_array_module(self.inputs).abs(self.inputs).max())

@@ -8,8 +8,8 @@ import pytest
 from minialex import backend, naive, random
 from minialex.gradcheck import TOLERANCE, check_layer, check_loss, layer_cases, tie_free
 from minialex.layers import base as layer_base
-from minialex.layers import (Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D, ReLU, Softmax,
-                             caffe_to_tf, tf_to_caffe)
+from minialex.layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D,
+                             ReLU, Softmax, caffe_to_tf, tf_to_caffe)
 from minialex.losses import SoftmaxCrossEntropy
 
 
@@ -246,7 +246,8 @@ def test_fused_loss_gradient(xp_backend):
 # ---- the contract -----------------------------------------------------------------------------
 
 def all_layers():
-    return [Conv2D(4, 3), MaxPool2D(2), LocalResponseNorm(), Dropout(0.5), Dense(3), ReLU(), Softmax(), Flatten()]
+    return [Conv2D(4, 3), MaxPool2D(2), LocalResponseNorm(), BatchNormalization(), Dropout(0.5), Dense(3), ReLU(),
+            Softmax(), Flatten()]
 
 
 def test_layer_contract(xp_backend):
