@@ -44,7 +44,8 @@ class Trainable(Protocol):
     """
 
     optimizer: Any              # an ``optimizers.Optimizer``: its state is saved, checked and restored
-    flat_parameters: Any        # every weight in one array: the guard copies it and puts it back
+    flat_parameters: Any        # every trained weight in one array: the guard copies it and puts it back
+    flat_state: Any             # every weight not trained (BatchNormalization's moving statistics), likewise
     input_shape: tuple          # the per-sample shape, recorded in a checkpoint's settings
     dtype: str                  # the weights' dtype: what checkpoints are checked against
 

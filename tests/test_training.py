@@ -250,8 +250,11 @@ def test_the_fit_loop_uses_only_what_trainable_lists():
     import inspect
 
     tree = ast.parse(inspect.getsource(training))
-    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name) and node.value.id == "model"}
+    def is_model(node):     # ``model`` or ``self.model``
+        return (isinstance(node, ast.Name) and node.id == "model") or (
+            isinstance(node, ast.Attribute) and node.attr == "model" and isinstance(node.value, ast.Name))
+
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute) and is_model(node.value)}
     listed = set(training.Trainable.__annotations__) | {
         name for name, value in vars(training.Trainable).items() if callable(value) and not name.startswith("_")}
     assert used and used <= listed, sorted(used - listed)
