@@ -6,7 +6,6 @@ both over the layers where the trick applies (e.g. all five convolutions):
 
     the layer             against its plain twin (``minialex.naive``), forward and backward
     im2col's C == 1 branch  against im2col's general branch, on the first convolution's input
-    d kernel as (dz^T cols)^T  against cols^T dz, the same product in the other order
     col2im by taps        against dcols = dz @ K^T and col2im(dcols) (the formula's path)
     LRN's band matrix     against a loop over the window, 2r + 1 shifted slice-adds
     power() by roots      against den ** beta
@@ -274,9 +273,6 @@ def trick_comparisons(net):
         Comparison(f"first conv's im2col (C = {first.input_shape[-1]}): the C == 1 branch vs the general one",
                    "conv2d", lambda: im2col(s0["xpad"], first.kernel_size, first.strides, s0["out"]),
                    lambda: general_im2col(s0["xpad"], first.kernel_size, first.strides, s0["out"])),
-        Comparison("conv weight gradient: (dz^T cols)^T vs cols^T dz, the same product", f"{len(convs)} conv",
-                   lambda: [(geometry[c.name]["dz"].T @ geometry[c.name]["cols"]).T for c in convs],
-                   lambda: [geometry[c.name]["cols"].T @ geometry[c.name]["dz"] for c in convs]),
         Comparison("conv dx: col2im by taps vs dcols = dz @ K^T, then col2im", f"{len(with_dx)} conv",
                    by_taps, via_dcols),
         Comparison("LRN window sum: band-matrix product vs a loop over the window", f"{len(lrns)} LRN",

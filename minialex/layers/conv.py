@@ -157,8 +157,8 @@ class Conv2D(WithActivation):
         OH, OW, F = self.output_shape
         dz = self._activation_backward(dout).reshape(-1, F)
         kernel = self.params["kernel"]
-        # = cols^T @ dz; which order BLAS runs faster depends on the CPU (benchmarks/bench_tricks.py times both)
-        self.grads["kernel"][...] = (dz.T @ self._cols).T.reshape(kernel.shape)
+        xp = backend.get_array_module(dz)
+        xp.matmul(self._cols.T, dz, out=self.grads["kernel"].reshape(-1, F))     # d kernel = cols^T @ dz, in place
         if self.use_bias:
             dz.sum(axis=0, out=self.grads["bias"])
         if not input_grad:
