@@ -166,7 +166,8 @@ def elementwise_source(kernel, args):
 def broadcast_strides(array, shape):
     """``array``'s strides once broadcast to ``shape`` (0 along the axes it is repeated on)."""
     lead = len(shape) - array.ndim
-    return (0,) * lead + tuple(0 if n == 1 and m != 1 else s for n, m, s in zip(array.shape, shape[lead:], array.strides))
+    kept = zip(array.shape, shape[lead:], array.strides)
+    return (0,) * lead + tuple(0 if n == 1 and m != 1 else stride for n, m, stride in kept)
 
 
 def c_contiguous(shape, strides, itemsize):
