@@ -12,12 +12,13 @@ with NVRTC, a host library NVIDIA ships on PyPI. Both run here without a card:
    for arrays that run kernels their own way) takes the kernel and its arguments, and CuPy's own code
    generator writes the source, with the headers and options ``compile_with_cache`` adds;
 3. NVRTC compiles it for sm_75 (Turing: the T4 of free notebook services), sm_80 (A100) and sm_90
-   (H100, H200). An error fails, and so do a warning in the kernel's own file (not in CuPy's headers)
-   and a register spill.
+   (H100, H200). An error fails, and so do a register spill and a warning on a line minialex wrote (a
+   kernel's operation; not CuPy's headers, nor what CuPy writes around it).
 
 ``test_a_kernel_with_a_cuda_only_mistake_fails`` shows mistakes a C++ compiler for the CPU accepts
 failing here. Skipped, saying why, where CuPy, NVRTC or the CUDA headers are missing (the dev extra
-installs them on Linux). What compiles here may still run wrong on a card: that is the GPU check's.
+installs them on Linux). Step 2 calls CuPy 14's code generator by its private names, hence the dev
+extra's pin. What compiles here may still run wrong on a card: that is the GPU check's.
 """
 import re
 import sys
