@@ -6,8 +6,7 @@ both over the layers where the trick applies (e.g. all five convolutions):
 
     the layer             against its plain twin (``minialex.naive``), forward and backward
     im2col's C == 1 branch  against im2col's general branch, on the first convolution's input
-    the ones column       against a separate bias add (forward) and a separate sum of dz (backward)
-    d[K; bias] as (dz^T cols)^T  against cols^T dz, the same product in the other order
+    d kernel as (dz^T cols)^T  against cols^T dz, the same product in the other order
     col2im by taps        against dcols = dz @ K^T and col2im(dcols) (the formula's path)
     LRN's band matrix     against a loop over the window, 2r + 1 shifted slice-adds
     power() by roots      against den ** beta
@@ -172,18 +171,16 @@ def padded(layer, x):
     return xp.pad(x, ((0, 0),) + pads + ((0, 0),)), pads
 
 
-def general_im2col(xpad, kernel_size, strides, out_size, ones_column=False):
+def general_im2col(xpad, kernel_size, strides, out_size):
     """im2col's general branch (strided windows, one copy into cols), whatever the channel count:
     what ``im2col`` would run for C == 1 without its single-channel branch."""
     xp = backend.get_array_module(xpad)
-    (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_size
-    n, _, _, c = xpad.shape
+    (KH, KW), (SH, SW), (OH, OW) = kernel_size, strides, out_size
+    N, _, _, C = xpad.shape
     s_n, s_h, s_w, s_c = xpad.strides
-    windows = backend.as_strided(xpad, (n, oh, ow, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
-    cols = xp.empty((n * oh * ow, kh * kw * c + ones_column), dtype=xpad.dtype)
-    cols[:, :kh * kw * c].reshape(n, oh, ow, kh, kw, c)[...] = windows
-    if ones_column:
-        cols[:, -1] = 1
+    windows = backend.as_strided(xpad, (N, OH, OW, KH, KW, C), (s_n, s_h * SH, s_w * SW, s_h, s_w, s_c))
+    cols = xp.empty((N * OH * OW, KH * KW * C), dtype=xpad.dtype)
+    cols.reshape(N, OH, OW, KH, KW, C)[...] = windows
     return cols
 
 
@@ -235,44 +232,15 @@ def route_over_all_taps(dout, x, y, pool_size, strides):
 
 
 def trick_comparisons(net):
-    xp = backend.xp()
     convs, pools, lrns = net.layers(Conv2D), net.layers(MaxPool2D), net.layers(LocalResponseNorm)
     geometry = {}
     for layer in convs:
         xpad, pads = padded(layer, net.inputs[layer.name])
-        kernel, bias = layer.params["kernel"], layer.params["bias"]
+        kernel = layer.params["kernel"]
         geometry[layer.name] = dict(
-            xpad=xpad, pads=pads, out=layer.output_shape[:2], kernel=kernel, bias=bias,
+            xpad=xpad, pads=pads, out=layer.output_shape[:2], kernel=kernel,
             matrix=kernel.reshape(-1, layer.filters), dz=net.grads[layer.name].reshape(-1, layer.filters),
-            cols=im2col(xpad, layer.kernel_size, layer.strides, layer.output_shape[:2]),
-            cols1=im2col(xpad, layer.kernel_size, layer.strides, layer.output_shape[:2], ones_column=True))
-
-    for c in convs:   # [K; bias]: in a model, the flat buffer holds kernel and bias back to back
-        geometry[c.name]["weights"] = xp.concatenate([geometry[c.name]["matrix"], geometry[c.name]["bias"][None]])
-
-    def with_ones():
-        out = []
-        for c in convs:
-            s = geometry[c.name]
-            cols = im2col(s["xpad"], c.kernel_size, c.strides, s["out"], ones_column=True)
-            out.append(cols @ s["weights"])
-        return out
-
-    def separate_bias():
-        out = []
-        for c in convs:
-            s = geometry[c.name]
-            z = im2col(s["xpad"], c.kernel_size, c.strides, s["out"]) @ s["matrix"]
-            z += s["bias"]
-            out.append(z)
-        return out
-
-    def gradient_with_ones():
-        return [(geometry[c.name]["dz"].T @ geometry[c.name]["cols1"]).T for c in convs]
-
-    def gradient_separate_bias():
-        return [xp.concatenate([(geometry[c.name]["dz"].T @ geometry[c.name]["cols"]).T,
-                                geometry[c.name]["dz"].sum(axis=0)[None]]) for c in convs]
+            cols=im2col(xpad, layer.kernel_size, layer.strides, layer.output_shape[:2]))
 
     with_dx = [c for c in convs if net.needs_input_grad(c)]
 
@@ -304,15 +272,11 @@ def trick_comparisons(net):
 
     out = [
         Comparison(f"first conv's im2col (C = {first.input_shape[-1]}): the C == 1 branch vs the general one",
-                   "conv2d", lambda: im2col(s0["xpad"], first.kernel_size, first.strides, s0["out"], True),
-                   lambda: general_im2col(s0["xpad"], first.kernel_size, first.strides, s0["out"], True)),
-        Comparison("conv forward (im2col + product): bias by the ones column vs a separate add",
-                   f"{len(convs)} conv", with_ones, separate_bias),
-        Comparison("conv weight gradient: bias by the ones column vs a separate sum of dz",
-                   f"{len(convs)} conv", gradient_with_ones, gradient_separate_bias),
-        Comparison("conv weight gradient: (dz^T [cols, 1])^T vs [cols, 1]^T dz, the same product", f"{len(convs)} conv",
-                   gradient_with_ones,
-                   lambda: [geometry[c.name]["cols1"].T @ geometry[c.name]["dz"] for c in convs]),
+                   "conv2d", lambda: im2col(s0["xpad"], first.kernel_size, first.strides, s0["out"]),
+                   lambda: general_im2col(s0["xpad"], first.kernel_size, first.strides, s0["out"])),
+        Comparison("conv weight gradient: (dz^T cols)^T vs cols^T dz, the same product", f"{len(convs)} conv",
+                   lambda: [(geometry[c.name]["dz"].T @ geometry[c.name]["cols"]).T for c in convs],
+                   lambda: [geometry[c.name]["cols"].T @ geometry[c.name]["dz"] for c in convs]),
         Comparison("conv dx: col2im by taps vs dcols = dz @ K^T, then col2im", f"{len(with_dx)} conv",
                    by_taps, via_dcols),
         Comparison("LRN window sum: band-matrix product vs a loop over the window", f"{len(lrns)} LRN",

@@ -54,6 +54,25 @@ def tutorial_batch(batch=BATCH, seed=0):
     return backend.to_device(x), backend.to_device(y)
 
 
+DATA_DIR = os.environ.get("MINIALEX_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "mnist"))
+
+
+def mnist_training_images(count=BATCH, data_dir=DATA_DIR):
+    """((x, y), source): the first ``count`` real MNIST training images, preprocessed as the tutorial
+    does (32x32x1, /255, one-hot labels), as host NumPy arrays; random ones of the same shape if
+    MNIST is not there (real images matter: LRN of real activations, denormals)."""
+    from minialex.data import load_mnist, preprocess_images, to_categorical
+
+    try:
+        (x, y), _ = load_mnist(data_dir, progress=False, mirrors=[])
+    except Exception as exc:  # noqa: BLE001 - no files and no download: still measure, on stand-in images
+        print(f"(MNIST not found: {exc}; random images)")
+        rng = numpy.random.default_rng(0)
+        return (rng.random((count, 32, 32, 1), dtype=numpy.float32),
+                numpy.eye(10, dtype=numpy.float32)[rng.integers(0, 10, count)]), "random images"
+    return (preprocess_images(x[:count]), to_categorical(y[:count], 10)), "MNIST training images"
+
+
 def layer_inputs(model, x):
     """[(layer, its input during a forward pass of x)] for every layer of the model."""
     pairs = []

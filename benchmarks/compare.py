@@ -1,11 +1,19 @@
-"""minialex against PyTorch, side by side in ONE process, alternating, at the tutorial's shapes.
+"""minialex against its peers, Keras and PyTorch, side by side in ONE process, alternating, at the
+tutorial's shapes, on the same real MNIST batch.
 
     python benchmarks/compare.py [--backend numpy|cupy] [--threads N] [--rounds 20]
 
-Prints, per layer (forward, and forward + backward) and for the whole training step: minialex's
-median milliseconds, PyTorch's, their ratio, and minialex's achieved GFLOP/s as a share of the
-backend's own float32 matrix-multiply rate measured in the same run. Then inference throughput on the
-10,000 MNIST test images and one epoch's projected time. Without torch, the PyTorch columns are empty.
+Prints, per layer (forward, and forward + backward) against PyTorch, and for the whole training step
+against both peers: minialex's median milliseconds, the peer's, their ratio (minialex / peer, the
+median of round-by-round ratios; below 1 minialex is faster), and minialex's achieved GFLOP/s as a
+share of the backend's own float32 matrix-multiply rate measured in the same run. Then inference
+throughput on the 10,000 MNIST test images and one epoch's projected time.
+
+Keras is the notebook's own framework, its model built line for line (``keras_reference.py``:
+TensorFlow on the CPU, LRN as a Lambda of ``tf.nn.local_response_normalization``, Adam, categorical
+cross-entropy); PyTorch is ``torch_reference.py``. Both come from the ``bench`` extra
+(``pip install -e '.[bench]'``); a peer that is not installed leaves its columns empty. Each peer
+gets the threads minialex's BLAS uses (``--threads``), TensorFlow one op at a time.
 
 On a GPU (``--backend cupy``; PyTorch on the same card with TF32 off, so both compute in float32)
 each row also splits a call into host time and device time (``cupyx.profiler.benchmark``: the host's
@@ -50,7 +58,7 @@ def load_test_images(data_dir):
         return rng.random((10000, 32, 32, 1), dtype=numpy.float32), "random images"
 
 
-def torch_reference(args):
+def torch_reference(args, threads, x, y):
     if args.no_torch:
         return None, None
     try:
@@ -58,12 +66,26 @@ def torch_reference(args):
 
         from torch_reference import Reference
     except ImportError:
-        print("(torch is not installed: PyTorch columns stay empty; pip install torch to fill them)")
+        print("(torch is not installed: PyTorch columns stay empty; pip install 'minialex[bench]' to fill them)")
         return None, None
     device = "cuda" if backend.get_backend() == "cupy" else "cpu"
     if device == "cpu":
-        torch.set_num_threads(args.threads or torch.get_num_threads())
-    return Reference(device=device), torch
+        torch.set_num_threads(threads or torch.get_num_threads())
+    return Reference(device=device, x=x, y=y), torch
+
+
+def keras_reference(args, threads, x, y):
+    """(the notebook's model in Keras on this batch, its version), or (None, why not)."""
+    if args.no_keras:
+        return None, "Keras left out (--no-keras)"
+    if backend.get_backend() != "numpy":
+        return None, "Keras runs on the CPU here: no Keras column on a GPU"
+    try:
+        import keras_reference
+    except ImportError as exc:
+        return None, f"Keras is not installed ({exc}): pip install 'minialex[bench]' to fill its column"
+    version = keras_reference.set_threads(threads)
+    return keras_reference.Reference(x, y), version
 
 
 def row(label, ours, theirs, flops, gemm, split=None):
@@ -179,21 +201,27 @@ def main(argv=None):
                                                              Path(__file__).resolve().parents[2] / "shared" / "mnist"))
     parser.add_argument("--images", type=int, default=None, help="time inference on the first N test images only")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-keras", action="store_true")
     parser.add_argument("--skip-layers", action="store_true", help="only the whole step and inference")
     args = parser.parse_args(argv)
 
     backend.set_backend(args.backend)
     threads = common.set_threads(args.threads)
-    reference, torch = torch_reference(args)
+    (host_x, host_y), source = common.mnist_training_images(common.BATCH, args.data_dir)
+    keras_model, keras_version = keras_reference(args, threads, host_x, host_y)
+    reference, torch = torch_reference(args, threads, host_x, host_y)
     gemm = common.gemm_rate()
     model = common.tutorial_model()
-    x, y = common.tutorial_batch()
+    x, y = backend.to_device(host_x), backend.to_device(host_y)
     on_gpu = backend.get_backend() == "cupy"
     version = f"PyTorch {torch.__version__}" if torch else "no PyTorch"
     if torch and on_gpu:
         version += f" (TF32 {'on' if reference.tf32 else 'off'})"
-    print(f"minialex vs {version} on {backend.describe_device()}; batch {common.BATCH}; "
-          f"BLAS threads {threads}; load {common.machine_load():.2f}")
+    print(f"minialex vs {version} and {keras_version if keras_model else 'no Keras'} on "
+          f"{backend.describe_device()}; batch {common.BATCH} of {source}; BLAS threads {threads}; "
+          f"load {common.machine_load():.2f}")
+    if keras_model is None:
+        print(f"({keras_version})")
     print(f"{backend.get_backend()} float32 GEMM rate ({'x'.join(map(str, common.GEMM_SHAPE))}): {gemm:.1f} GFLOP/s")
     header = f"{'what':<34} {'minialex ms':>11} {'PyTorch ms':>11} {'ratio':>7} {'GFLOP/s':>9} {'of GEMM':>9}"
     if on_gpu:
@@ -235,6 +263,8 @@ def main(argv=None):
     functions = {"ours": step, "gemm": gemm_call}
     if reference is not None:
         functions["theirs"] = _synchronised(reference.train_step, reference)
+    if keras_model is not None:
+        functions["keras"] = keras_model.train_step
     times = common.alternate(functions, args.step_rounds or max(args.rounds, 10))
     split = None
     if on_gpu:
@@ -249,9 +279,19 @@ def main(argv=None):
           f"(GEMM {gemm_flops / statistics.median(times['gemm']) / 1e9:.1f} GFLOP/s in these rounds)")
 
     result = {"step_ms": step_ms, "gemm_share": share, "epoch_s": STEPS_PER_EPOCH * step_ms / 1000}
+    peers = {}
     if reference is not None:
         result["torch_step_ms"] = common.median_ms(times["theirs"])
-        result["ratio"] = common.blockwise_ratios(times["ours"], times["theirs"])
+        result["ratio"] = peers["PyTorch"] = common.blockwise_ratios(times["ours"], times["theirs"])
+    if keras_model is not None:
+        result["keras_step_ms"] = common.median_ms(times["keras"])
+        result["keras_ratio"] = peers["Keras"] = common.blockwise_ratios(times["ours"], times["keras"])
+        print(f"{'training step, Keras':<34} {'':>11} {result['keras_step_ms']:>11.2f} {result['keras_ratio']:>7.2f}")
+    if peers:
+        fastest = min(peers, key=lambda name: result["keras_step_ms" if name == "Keras" else "torch_step_ms"])
+        result["best_peer_ratio"] = peers[fastest]
+        print(f"training step, minialex / the faster peer ({fastest}): {peers[fastest]:.2f}; "
+              + "; ".join(f"/ {name}: {ratio:.2f}" for name, ratio in peers.items()))
     if split:
         result["step_host_ms"], result["step_device_ms"] = split["ours"]
         result["step_queued_ms"], result["step_queued_calls"] = queued_device_ms(step, split["ours"][0])
@@ -281,6 +321,11 @@ def main(argv=None):
         reference.synchronize()
         result["torch_images_per_s"] = len(images) / (time.perf_counter() - start)
         text += f", PyTorch {result['torch_images_per_s']:,.0f} images/s"
+    if keras_model is not None:
+        start = time.perf_counter()
+        keras_model.predict(images, INFERENCE_BATCH)
+        result["keras_images_per_s"] = len(images) / (time.perf_counter() - start)
+        text += f", Keras {result['keras_images_per_s']:,.0f} images/s"
     print(text)
     print(f"one epoch ({STEPS_PER_EPOCH} steps of {common.BATCH}) projected: {result['epoch_s']:.1f} s")
     print(f"load after the run: {common.machine_load():.2f}")

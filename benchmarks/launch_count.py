@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy  # noqa: E402
 
 from minialex import backend  # noqa: E402
+from minialex.layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, LocalResponseNorm,  # noqa: E402
+                             MaxPool2D, ReLU, Softmax)
 
 BATCH = 64
 NAME = "counting"       # what backend.get_backend() says while counting: not 'numpy', not 'cupy'
@@ -48,7 +50,7 @@ NAME = "counting"       # what backend.get_backend() says while counting: not 'n
 FUNCTION_LAUNCHES = {
     "empty": 0, "empty_like": 0,
     "zeros": 1, "zeros_like": 1, "ones": 1, "ones_like": 1, "full": 1, "full_like": 1, "arange": 1,
-    "copyto": 1, "argmax": 1, "argmin": 1, "ascontiguousarray": 1,
+    "copyto": 1, "argmax": 1, "argmin": 1, "ascontiguousarray": 1, "mean": 1,
     "argsort": 1, "nonzero": 1, "flatnonzero": 1,     # a sort, a scan: a few kernels in fact, counted as one
     "pad": 2,               # cupy.pad with zeros: empty, fill, one copy into the middle
     # cupy.concatenate: one copy per array, or one kernel for more than 8 small ones
@@ -388,13 +390,63 @@ def trace(name):
         print(f"{label[0] if isinstance(label, tuple) else label:<10}{launches:>3}  {where}")
 
 
+# ---- each layer alone ----------------------------------------------------------------------------
+
+#: every layer of minialex.layers: a small case of it and its launch budget on a GPU, (training
+#: forward, backward, inference forward), at most; tests/test_launch_count.py holds each layer to its
+#: budget, and tests/test_layer_recipe.py asks every layer for an entry
+LAYER_BUDGETS = {
+    "Conv2D": (lambda: Conv2D(8, 3, padding="same", activation="relu"), (4, 8, 8, 3), (4, 6, 4)),
+    "MaxPool2D": (lambda: MaxPool2D(2), (4, 8, 8, 3), (1, 1, 1)),
+    "LocalResponseNorm": (lambda: LocalResponseNorm(), (4, 8, 8, 3), (1, 1, 1)),
+    "BatchNormalization": (lambda: BatchNormalization(), (4, 8, 8, 3), (4, 3, 1)),
+    "Dense": (lambda: Dense(5, activation="relu"), (4, 8), (3, 4, 3)),
+    "Dropout": (lambda: Dropout(0.5), (4, 8), (1, 1, 0)),
+    "ReLU": (lambda: ReLU(), (4, 8), (1, 1, 1)),
+    "Softmax": (lambda: Softmax(), (4, 8), (5, 4, 5)),
+    "Flatten": (lambda: Flatten(), (4, 2, 2, 3), (0, 0, 0)),
+}
+
+
+def layer_launches(make_layer, shape):
+    """(training forward, backward, inference forward) launches of a layer alone on inputs of ``shape``
+    (built first: creating its weights is not counted), and the functions counted by assumption."""
+    counter = LaunchCounter()
+    with counting(counter):
+        layer = make_layer()
+        x = backend.to_device(numpy.random.default_rng(0).random(shape, dtype=numpy.float32))
+        layer.forward(x)
+        counter.counts.clear()
+        with counter.label("inference"):
+            layer.forward(x)
+        with counter.label("forward"):
+            y = layer.forward(x, training=True)
+        dout = backend.xp().ones_like(y)
+        with counter.label("backward"):
+            layer.backward(dout)
+    return (counter.counts["forward"], counter.counts["backward"], counter.counts["inference"]), counter.assumed
+
+
+def layer_table():
+    """One row per layer: its launches alone, and its budget."""
+    lines = [f"{'layer':<20}{'input':<16}{'forward':>8}{'backward':>10}{'inference':>11}    budget"]
+    for name, (make_layer, shape, budget) in LAYER_BUDGETS.items():
+        (forward, backward, inference), _ = layer_launches(make_layer, shape)
+        lines.append(f"{name:<20}{'x'.join(map(str, shape)):<16}{forward:>8}{backward:>10}{inference:>11}    "
+                     f"{'/'.join(map(str, budget))}")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trace", metavar="PART", help="list where each launch of one part comes from "
                         "(a layer's name as in the table, 'loss + accuracy', 'optimiser' or 'loop')")
+    parser.add_argument("--layers", action="store_true", help="each layer alone, against its budget")
     args = parser.parse_args(argv)
     if args.trace:
         return trace(args.trace)
+    if args.layers:
+        return print(layer_table())
     counts = count_launches()
     print(f"Kernel launches of the tutorial network, batch {BATCH}, as CuPy would make them "
           "(counted on NumPy; see this file's docstring)\n")

@@ -40,7 +40,9 @@ class Reference:
     compute in float32, as minialex's do (CuPy uses TF32 only under ``CUPY_TF32=1``).
     """
 
-    def __init__(self, batch=64, device="cpu", seed=0, tf32=False):
+    def __init__(self, batch=64, device="cpu", seed=0, tf32=False, x=None, y=None):
+        """``x`` (N, H, W, C) and one-hot ``y``: the batch to train on (NumPy arrays, as minialex takes
+        them); random ones of ``batch`` samples if not given."""
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.tf32 = tf32
@@ -52,9 +54,13 @@ class Reference:
         self.model = nn.Sequential(*[module for _, module, _ in self.named_blocks])
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, eps=1e-7)
         self.loss = nn.CrossEntropyLoss()
-        generator = torch.Generator().manual_seed(seed)
-        self.x = torch.rand(batch, 1, 32, 32, generator=generator).to(self.device)
-        self.y = torch.randint(0, 10, (batch,), generator=generator).to(self.device)
+        if x is None:
+            generator = torch.Generator().manual_seed(seed)
+            self.x = torch.rand(batch, 1, 32, 32, generator=generator).to(self.device)
+            self.y = torch.randint(0, 10, (batch,), generator=generator).to(self.device)
+        else:
+            self.x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(self.device)
+            self.y = torch.from_numpy(y.argmax(axis=1)).to(self.device)
 
     def synchronize(self):
         if self.device.type == "cuda":

@@ -46,10 +46,10 @@ def flag(name, value):
     return bool(value)
 
 
-def array_kind(name, array):
+def array_kind(name, array, images=True):
     """Refuse what cannot be pixels or targets: no array, strings, objects, booleans, complex numbers.
 
-    Integer images that were not scaled (values above 1) pass, with a one-time warning.
+    Integer images (``images``) that were not scaled (values above 1) pass, with a one-time warning.
     """
     if not hasattr(array, "dtype") or not hasattr(array, "shape"):
         try:
@@ -63,7 +63,7 @@ def array_kind(name, array):
         raise ValueError(f"{name} holds complex numbers ({array.dtype}); a network takes real numbers")
     if kind not in "iuf":
         raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
-    if kind in "iu" and array.size and name not in _warned and float(array.max()) > 1:
+    if images and kind in "iu" and array.size and name not in _warned and float(array.max()) > 1:
         _warned.add(name)
         warnings.warn(f"{name} holds integers up to {int(array.max())}, not scaled: images are usually divided "
                       f"by 255 first (minialex.data.preprocess_images does it); training goes on with them as "
@@ -88,6 +88,22 @@ def finite(name, array):
     if bad:
         raise ValueError(f"bad input: {name} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or "
                          f"infinity), in samples {rows[:5]}{' ...' if len(rows) > 5 else ''}; fix or drop them")
+
+
+def representable(name, array, dtype):
+    """``array`` cast to ``dtype`` (on its own backend), refused unless every value is finite there:
+    a finite value beyond the dtype's range (1e300 in float32) becomes infinity in the cast."""
+    xp = backend.get_array_module(array)
+    with numpy.errstate(over="ignore"):          # the overflow is what is reported below
+        cast = xp.asarray(array, dtype=dtype)
+    try:
+        finite(name, cast.reshape(1, -1))
+    except ValueError:
+        finite(name, array.reshape(1, -1))       # NaN or infinity before the cast: said as such
+        largest = float(xp.abs(array[xp.isfinite(array)]).max())
+        raise ValueError(f"bad input: {name} holds values beyond the range of {numpy.dtype(dtype)} (up to "
+                         f"{largest:.3g}): they would become infinity") from None
+    return cast
 
 
 def targets(name, y):

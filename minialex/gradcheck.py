@@ -32,8 +32,10 @@ import sys
 import numpy
 
 from . import backend, naive, random
-from .layers import Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D, ReLU, Softmax
+from .layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D, ReLU,
+                     Softmax)
 from .losses import SoftmaxCrossEntropy
+from .models import Sequential, alexnet_mnist
 
 TOLERANCE = 1e-6
 STEP = 1e-6
@@ -172,6 +174,15 @@ def check_model(model, x, y, seed=0, samples=20):
 # The table
 
 
+def batchnorm_with_weights(shape, **kwargs):
+    """A float64 BatchNormalization for inputs of ``shape``, its gamma and beta drawn in [0.5, 2] (at
+    gamma = 1 a backward that forgot gamma would pass)."""
+    layer = BatchNormalization(input_shape=shape[1:], dtype="float64", **kwargs)
+    for k, param in enumerate(layer.params.values()):
+        param[...] = tie_free(param.shape, seed=k, low=0.5, high=2.0)
+    return layer
+
+
 def layer_cases():
     """(description, a function making the layer, input shape): every layer at odd sizes, both
     paddings, strides 1 and 2. Each call makes a fresh layer, built on the backend active then."""
@@ -190,6 +201,11 @@ def layer_cases():
         ("LRN r=2 alpha=0.1 beta=0.75, 2x3x4x7", lambda: LocalResponseNorm(2, 1.0, 0.1, 0.75), (2, 3, 4, 7)),
         ("LRN r=1 bias=2 alpha=0.5 beta=0.6, 1x2x3x5", lambda: LocalResponseNorm(1, 2.0, 0.5, 0.6),
          (1, 2, 3, 5)),
+        ("BatchNormalization, 2x3x4x5", lambda: batchnorm_with_weights((2, 3, 4, 5)), (2, 3, 4, 5)),
+        ("BatchNormalization center=False epsilon=0.1, 6x4", lambda: batchnorm_with_weights(
+            (6, 4), center=False, epsilon=0.1), (6, 4)),
+        ("BatchNormalization scale=False momentum=0.9, 3x2x2x3", lambda: batchnorm_with_weights(
+            (3, 2, 2, 3), scale=False, momentum=0.9), (3, 2, 2, 3)),
         ("Dropout 0.5 (mask held), 3x11", lambda: Dropout(0.5), (3, 11)),
         ("Dense 13 -> 7 relu", lambda: Dense(7, activation="relu", **f64), (3, 13)),
         ("Dense 6 -> 5 softmax", lambda: Dense(5, activation="softmax", **f64), (4, 6)),
@@ -200,8 +216,8 @@ def layer_cases():
 
 
 def twin_cases(seed=0):
-    """(description, forward, backward, inputs) for every plain twin of ``minialex.naive``, at tiny
-    sizes (the twins loop over every pixel)."""
+    """(description, twin, forward, backward, inputs) for every plain twin of ``minialex.naive`` (``twin``
+    its name there, as ``naive.TWINS`` gives it), at tiny sizes (the twins loop over every pixel)."""
     def arrays(**shapes):
         return {name: tie_free(shape, seed + k) for k, (name, shape) in enumerate(shapes.items())}
 
@@ -210,38 +226,43 @@ def twin_cases(seed=0):
     pool = {"pool_size": (3, 3), "strides": (2, 2), "padding": "same"}
     lrn = {"depth_radius": 2, "bias": 1.0, "alpha": 0.1, "beta": 0.75}
     return [
-        ("naive conv2d 3x3 same stride 2, 1x5x4x2 -> 3",
+        ("naive conv2d 3x3 same stride 2, 1x5x4x2 -> 3", "conv2d",
          lambda x, kernel, bias: naive.conv2d_forward(x, kernel, bias, **conv),
          lambda d, x, kernel, bias: dict(zip(("x", "kernel", "bias"), naive.conv2d_backward(d, x, kernel, **conv))),
          arrays(x=(1, 5, 4, 2), kernel=(3, 3, 2, 3), bias=(3,))),
-        ("naive conv2d 2x2 valid, 2x4x3x2 -> 2",
+        ("naive conv2d 2x2 valid, 2x4x3x2 -> 2", "conv2d",
          lambda x, kernel, bias: naive.conv2d_forward(x, kernel, bias),
          lambda d, x, kernel, bias: dict(zip(("x", "kernel", "bias"), naive.conv2d_backward(d, x, kernel))),
          arrays(x=(2, 4, 3, 2), kernel=(2, 2, 2, 2), bias=(2,))),
-        ("naive maxpool2d 3x3 stride 2 same, 1x5x6x2",
+        ("naive maxpool2d 3x3 stride 2 same, 1x5x6x2", "maxpool2d",
          lambda x: naive.maxpool2d_forward(x, **pool),
          lambda d, x: {"x": naive.maxpool2d_backward(d, x, **pool)}, arrays(x=(1, 5, 6, 2))),
-        ("naive LRN r=2 alpha=0.1, 2x2x2x6",
+        ("naive LRN r=2 alpha=0.1, 2x2x2x6", "lrn",
          lambda x: naive.lrn_forward(x, **lrn),
          lambda d, x: {"x": naive.lrn_backward(d, x, **lrn)}, arrays(x=(2, 2, 2, 6))),
-        ("naive dense 5 -> 3",
+        ("naive batchnorm epsilon=0.1, 2x2x3x3", "batchnorm",
+         lambda x, gamma, beta: naive.batchnorm_forward(x, gamma, beta, 0.1),
+         lambda d, x, gamma, beta: dict(zip(("x", "gamma", "beta"), naive.batchnorm_backward(d, x, gamma, 0.1))),
+         arrays(x=(2, 2, 3, 3), gamma=(3,), beta=(3,))),
+        ("naive dense 5 -> 3", "dense",
          naive.dense_forward,
          lambda d, x, kernel, bias: dict(zip(("x", "kernel", "bias"), naive.dense_backward(d, x, kernel))),
          arrays(x=(4, 5), kernel=(5, 3), bias=(3,))),
-        ("naive dropout (mask given), 3x7",
+        ("naive dropout (mask given), 3x7", "dropout",
          lambda x: naive.dropout_forward(x, mask),
          lambda d, x: {"x": naive.dropout_backward(d, mask)}, arrays(x=(3, 7))),
-        ("naive relu, 3x5", naive.relu_forward, lambda d, x: {"x": naive.relu_backward(d, x)}, arrays(x=(3, 5))),
-        ("naive softmax, 3x5", naive.softmax_forward, lambda d, x: {"x": naive.softmax_backward(d, x)},
+        ("naive relu, 3x5", "relu", naive.relu_forward, lambda d, x: {"x": naive.relu_backward(d, x)},
          arrays(x=(3, 5))),
+        ("naive softmax, 3x5", "softmax", naive.softmax_forward, lambda d, x: {"x": naive.softmax_backward(d, x)},
+         arrays(x=(3, 5))),
+        ("naive flatten, 2x3x2x2", "flatten", naive.flatten_forward, lambda d, x: {"x": naive.flatten_backward(d, x)},
+         arrays(x=(2, 3, 2, 2))),
     ]
 
 
 def softmax_inside_model():
     """A compiled float64 model whose Softmax layer is not the last: its backward runs in training
     (a last Softmax would be fused into the loss, and its backward skipped)."""
-    from .models import Sequential
-
     model = Sequential([Dense(6, input_shape=(5,), dtype="float64"), Softmax(),
                         Dense(4, activation="softmax", dtype="float64")])
     model.compile(optimizer="adam", loss="categorical_crossentropy")
@@ -251,13 +272,11 @@ def softmax_inside_model():
 def run_checks(seed=0):
     """Yield (case, tensor, error) for every layer case, every plain twin, the fused loss, a model
     with a Softmax layer inside and the whole tutorial network."""
-    from .models import alexnet_mnist
-
     for k, (description, make_layer, shape) in enumerate(layer_cases()):
         for tensor, error in check_layer(make_layer(), tie_free(shape, seed + k), seed=seed + k).items():
             yield description, tensor, error
 
-    for description, forward, backward, inputs in twin_cases(seed):
+    for description, _, forward, backward, inputs in twin_cases(seed):
         for tensor, error in check_twin(forward, backward, inputs, seed=seed).items():
             yield description, tensor, error
 

@@ -390,3 +390,116 @@ def _adam_cuda(cupy, param, grad, m, v, alpha, beta_1, beta_2, epsilon):
 
 
 adam = Kernel(adam_numpy, _adam_cuda)
+
+
+# ---- BatchNormalization: sums over the rows (CuPy reductions) and fused elementwise kernels ----------
+
+def _reduction(cupy, source):
+    """``cupy.ReductionKernel`` for ``source`` = (name, in_params, out_params, map, reduce, post_map, identity),
+    made once: for each output, ``a`` starts at identity and takes ``reduce`` of itself and ``b``, the
+    map of one input element, over the reduced axis; post_map writes the result."""
+    key = (cupy, source[0])
+    if key not in _compiled:
+        name, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity = source
+        _compiled[key] = cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map_expr,
+                                              identity, "minialex_" + name)
+    return _compiled[key]
+
+
+def batchnorm_variance_numpy(rows, mean):
+    """The batch's (biased) variance of each column: (1/M) sum over the M rows of (rows - mean)^2."""
+    return ((rows - mean) ** 2).mean(axis=0)
+
+
+BATCHNORM_VARIANCE = ("batchnorm_variance", "T x, T mean, T inv_m", "T variance",
+                      "(x - mean) * (x - mean)", "a + b", "variance = inv_m * a", "0")
+
+
+def _batchnorm_variance_cuda(cupy, rows, mean):
+    return _reduction(cupy, BATCHNORM_VARIANCE)(rows, mean.reshape(1, -1), 1.0 / rows.shape[0], axis=0)
+
+
+batchnorm_variance = Kernel(batchnorm_variance_numpy, _batchnorm_variance_cuda)
+
+
+def batchnorm_normalize_numpy(rows, mean, variance, gamma, beta, epsilon):
+    """(y, xhat): xhat = (rows - mean) / sqrt(variance + epsilon) and y = gamma * xhat + beta, column by
+    column (gamma and beta may be the numbers 1 and 0)."""
+    xp = backend.get_array_module(rows)
+    xhat = (rows - mean) / xp.sqrt(variance + epsilon)
+    return gamma * xhat + beta, xhat
+
+
+BATCHNORM_NORMALIZE = ("batchnorm_normalize", "T x, T mean, T variance, T gamma, T beta, T epsilon", "T y, T xhat", """
+    xhat = (x - mean) / sqrt(variance + epsilon);
+    y = gamma * xhat + beta;
+""")
+
+
+def _batchnorm_normalize_cuda(cupy, rows, mean, variance, gamma, beta, epsilon):
+    y, xhat = cupy.empty_like(rows), cupy.empty_like(rows)
+    _elementwise(cupy, BATCHNORM_NORMALIZE)(rows, mean, variance, gamma, beta, epsilon, y, xhat)
+    return y, xhat
+
+
+batchnorm_normalize = Kernel(batchnorm_normalize_numpy, _batchnorm_normalize_cuda)
+
+
+def batchnorm_moving_average_numpy(mean, variance, momentum, moving_mean, moving_variance):
+    """In place: moving = momentum * moving + (1 - momentum) * the batch's, for the mean and the variance."""
+    for moving, batch in ((moving_mean, mean), (moving_variance, variance)):
+        moving *= momentum
+        moving += (1.0 - momentum) * batch
+
+
+BATCHNORM_MOVING_AVERAGE = ("batchnorm_moving_average", "T mean, T variance, T momentum, T one_minus_momentum",
+                            "T moving_mean, T moving_variance", """
+    moving_mean = momentum * moving_mean + one_minus_momentum * mean;
+    moving_variance = momentum * moving_variance + one_minus_momentum * variance;
+""")
+
+
+def _batchnorm_moving_average_cuda(cupy, mean, variance, momentum, moving_mean, moving_variance):
+    _elementwise(cupy, BATCHNORM_MOVING_AVERAGE)(mean, variance, momentum, 1.0 - momentum, moving_mean,
+                                                 moving_variance)
+
+
+batchnorm_moving_average = Kernel(batchnorm_moving_average_numpy, _batchnorm_moving_average_cuda)
+
+
+def batchnorm_dgamma_numpy(dout, xhat, out=None):
+    """d gamma = the sum over the rows of dout * xhat (into ``out`` if given)."""
+    return (dout * xhat).sum(axis=0, out=out)
+
+
+BATCHNORM_DGAMMA = ("batchnorm_dgamma", "T dout, T xhat", "T dgamma", "dout * xhat", "a + b", "dgamma = a", "0")
+
+
+def _batchnorm_dgamma_cuda(cupy, dout, xhat, out=None):
+    outputs = () if out is None else (out,)
+    return _reduction(cupy, BATCHNORM_DGAMMA)(dout, xhat, *outputs, axis=0)
+
+
+batchnorm_dgamma = Kernel(batchnorm_dgamma_numpy, _batchnorm_dgamma_cuda)
+
+
+def batchnorm_backward_numpy(dout, xhat, dbeta, dgamma, gamma, variance, epsilon):
+    """dx = gamma / sqrt(variance + epsilon) * (dout - (dbeta + xhat * dgamma) / M), M the number of rows."""
+    xp = backend.get_array_module(dout)
+    return gamma / xp.sqrt(variance + epsilon) * (dout - (dbeta + xhat * dgamma) / dout.shape[0])
+
+
+BATCHNORM_BACKWARD = ("batchnorm_backward", "T dout, T xhat, T dbeta, T dgamma, T gamma, T variance, T epsilon, "
+                      "T inv_m", "T dx", """
+    dx = gamma / sqrt(variance + epsilon) * (dout - (dbeta + xhat * dgamma) * inv_m);
+""")
+
+
+def _batchnorm_backward_cuda(cupy, dout, xhat, dbeta, dgamma, gamma, variance, epsilon):
+    dx = cupy.empty_like(dout)
+    _elementwise(cupy, BATCHNORM_BACKWARD)(dout, xhat, dbeta, dgamma, gamma, variance, epsilon,
+                                           1.0 / dout.shape[0], dx)
+    return dx
+
+
+batchnorm_backward = Kernel(batchnorm_backward_numpy, _batchnorm_backward_cuda)

@@ -22,14 +22,15 @@ class SoftmaxCrossEntropy:
             raise ValueError(f"logits {tuple(logits.shape)} and one-hot targets {tuple(y_onehot.shape)} "
                              "must both be (batch, classes)")
         xp = backend.get_array_module(logits)
-        if not backend.on_cpu(logits):   # a GPU: one kernel for the rows, then their sum
-            row_losses, self._probs = kernels.softmax_cross_entropy(logits, y_onehot)
-            self._y = y_onehot
-            return row_losses.sum()
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-        self._probs, self._y = xp.exp(log_probs), y_onehot
-        return -(y_onehot * log_probs).sum() / logits.shape[0]
+        self._y = y_onehot
+        if backend.on_cpu(logits):
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+            self._probs = xp.exp(log_probs)
+            return -(y_onehot * log_probs).sum() / logits.shape[0]
+        # a GPU: one kernel for the rows, then their sum
+        row_losses, self._probs = kernels.softmax_cross_entropy(logits, y_onehot)
+        return row_losses.sum()
 
     def backward(self, batch_size=None):
         """d loss / d logits = (p - y) / N, N being ``batch_size`` (default: this batch's size).

@@ -15,20 +15,23 @@ few public methods, and nothing else:
   through a ``replica()`` of the model: ``minialex.parallel`` runs them); ``apply_gradients()``: one
   optimiser step;
 - ``evaluate_sums(x, y, batch_size)``: summed loss and correct count, left on the device;
-- ``weight_items()`` / ``assign_weights(arrays)``: the weights by name, for checkpoints;
-- ``flat_parameters`` / ``flat_gradients``: every weight and every gradient in one array each
-  (``minialex.flat``), so the optimiser runs over two long arrays.
+- ``weight_items()`` / ``assign_weights(arrays)``: the weights by name, trained or not, for checkpoints;
+- ``flat_parameters`` / ``flat_gradients``: every trained weight and every gradient in one array each
+  (``minialex.flat``), so the optimiser runs over two long arrays; ``flat_state``: the weights that are
+  not trained (BatchNormalization's moving statistics), in a buffer of their own (None without any).
 """
 from __future__ import annotations
 
 import copy
 import math
+import os
 
-from . import backend, checks, flat, parallel, random
-from .layers import Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D, Softmax
+from . import backend, checks, flat, parallel, random, training
+from .layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D,
+                     Softmax)
 from .losses import SoftmaxCrossEntropy
 from .optimizers import get_optimizer
-from .serialization import load_npz, save_npz
+from .serialization import WEIGHTS_FORMAT, describe, load_npz, save_npz
 
 LOSSES = ("categorical_crossentropy",)
 
@@ -40,7 +43,7 @@ class Sequential:
         self.optimizer = None
         self.loss = None
         self._fused_softmax = False
-        self.flat_parameters = self.flat_gradients = None
+        self.flat_parameters = self.flat_gradients = self.flat_state = None
         self._replicas = []
         for layer in layers or []:
             self.add(layer)
@@ -55,7 +58,7 @@ class Sequential:
             suffix += 1
             layer.name = f"{base}_{suffix}"
         self.layers.append(layer)
-        self.flat_parameters = self.flat_gradients = None
+        self.flat_parameters = self.flat_gradients = self.flat_state = None
         self._replicas = []
         if self.layers[0].built:
             self.build()
@@ -74,6 +77,7 @@ class Sequential:
                 raise ValueError(f"{layer.name} was built for inputs {layer.input_shape} but receives {shape}")
             shape = layer.output_shape
         self.flat_parameters, self.flat_gradients = flat.pack(self.layers)
+        self.flat_state = flat.pack_state(self.layers)
         self._replicas = []
 
     @property
@@ -90,25 +94,43 @@ class Sequential:
 
     @property
     def dtype(self):
-        dtypes = {str(p.dtype) for layer in self.layers for p in layer.params.values()}
+        dtypes = {str(w.dtype) for _, w in self.weight_items()}
         return dtypes.pop() if dtypes else "float32"
 
+    @property
+    def mixes_samples(self):
+        """True when a layer's training output for one sample depends on the others (``Layer.mixes_samples``)."""
+        return any(layer.mixes_samples for layer in self.layers)
+
+    @property
+    def trainable_weights(self) -> list:
+        return [w for layer in self.layers for w in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self) -> list:
+        return [w for layer in self.layers for w in layer.non_trainable_weights]
+
     def count_params(self) -> int:
-        return sum(layer.count_params for layer in self.layers)
+        """Every weight's size, trained or not, as Keras counts them."""
+        return sum(layer.count_params() for layer in self.layers)
 
     def summary(self, print_fn=print):
         """Print each layer's output shape and parameter count, as Keras's ``model.summary()``."""
         if not self.built:
             raise ValueError("the model is not built yet: give the first layer input_shape=(...) or call build()")
-        width = 74
+        labels = [f"{layer.name} ({type(layer).__name__})" for layer in self.layers]
+        column = max([37] + [len(label) + 2 for label in labels])     # the longest name and a space or two
+        width = column + 37
         rule = "_" * width
-        lines = [f'Model: "{self.name}"', rule, f" {'Layer (type)':<37}{'Output Shape':<26}Param #", "=" * width]
-        for i, layer in enumerate(self.layers):
+        lines = [f'Model: "{self.name}"', rule, f" {'Layer (type)':<{column}}{'Output Shape':<26}Param #", "=" * width]
+        for i, (layer, label) in enumerate(zip(self.layers, labels)):
             shape = "(None, " + ", ".join(str(d) for d in layer.output_shape) + ")"
-            lines.append(f" {layer.name + ' (' + type(layer).__name__ + ')':<37}{shape:<26}{layer.count_params:,}")
+            lines.append(f" {label:<{column}}{shape:<26}{layer.count_params():,}")
             lines.append(rule if i < len(self.layers) - 1 else "=" * width)
-        total = self.count_params()
-        lines += [f"Total params: {total:,}", f"Trainable params: {total:,}", "Non-trainable params: 0", rule]
+        trainable = sum(int(w.size) for w in self.trainable_weights)
+        frozen = sum(int(w.size) for w in self.non_trainable_weights)
+        lines += [f"Total params: {trainable + frozen:,}", f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {frozen:,}", rule]
         text = "\n".join(lines)
         print_fn(text)
         return text
@@ -196,8 +218,12 @@ class Sequential:
         the whole batch's size and draws exactly the dropout masks that the whole batch gives its rows
         (``Generator.split_rows``); the replicas' gradients are then summed into the model's, in shard
         order. So the result is the unsharded step's up to summation order, whatever the thread count.
+
+        A model with a layer that mixes samples (``mixes_samples``: BatchNormalization's batch
+        statistics) runs each batch whole instead: a shard would normalise by its own rows' statistics,
+        and its gradient would miss what the other rows send back through them.
         """
-        shards = parallel.shard_plan(x.shape[0])
+        shards = [slice(0, x.shape[0])] if self.mixes_samples else parallel.shard_plan(x.shape[0])
         if len(shards) == 1:
             loss, correct = self.forward_loss(x, y)
             self.backward()
@@ -221,7 +247,7 @@ class Sequential:
     def replicas(self, count):
         """``count`` replicas of the model for a data-parallel step: made once, again after a rebuild.
 
-        A replica shares the weights (the very arrays) but has its own layers' per-call state, its
+        A replica shares the weights (the very arrays) but has its own layers' per-call attributes, its
         own loss and its own gradient buffer, so shards can run side by side.
         """
         while len(self._replicas) < count:
@@ -259,7 +285,7 @@ class Sequential:
             checks.finite(names[0], x)
         if y is None:
             return x
-        y = backend.to_device(checks.array_kind(names[1], y), dtype=self.dtype)
+        y = backend.to_device(checks.array_kind(names[1], y, images=False), dtype=self.dtype)
         if y.ndim != 2 or y.shape != (x.shape[0],) + tuple(self.output_shape):
             raise ValueError(f"{names[1]} must be one-hot targets of shape ({x.shape[0]}, {self.output_shape[0]}), "
                              f"got {tuple(y.shape)}; convert labels with minialex.data.to_categorical")
@@ -273,30 +299,32 @@ class Sequential:
 
         A non-finite loss changes nothing: it raises a ValueError naming the bad input when x or y
         holds NaN or infinity (the values are checked only then: this is the per-step call, kept
-        lean), else ``NonFiniteLossError``; either way the weights stay as they were.
+        lean), else ``NonFiniteLossError``; either way the weights stay as they were (the moving
+        statistics that the training forward moved included).
         """
         self.ensure_compiled()
         x, y = self.prepare_inputs(x, y, check_values=False)
         if x.shape[0] == 0:
             raise ValueError("train_on_batch needs at least one sample")
+        state_before = None if self.flat_state is None else self.flat_state.copy()
         loss, correct = self.train_step(x, y)
         loss = float(loss)
         if not math.isfinite(loss):
-            from .training import NonFiniteLossError
-
+            if state_before is not None:
+                self.flat_state[...] = state_before
             checks.finite("x", x)
             checks.finite("y", y)
-            raise NonFiniteLossError(f"the loss on this batch is {loss}; the weights were not updated (they are "
-                                     f"those from before this call). Try a lower learning rate.")
+            largest = float(backend.get_array_module(x).abs(x).max())
+            raise training.NonFiniteLossError(
+                f"the loss on this batch is {loss}; the weights were not updated (they are those from before this "
+                f"call). {training.non_finite_advice(self.optimizer.iterations > 0, largest)}")
         self.apply_gradients()
         return [loss, float(correct) / x.shape[0]]
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
             verbose=1, checkpoint=None, resume_from=None, overwrite=False, settings=None):
         """Train as Keras does; see ``minialex.training.fit``. Returns a History."""
-        from .training import fit
-
-        return fit(self, x, y, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
+        return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                    validation_data=validation_data, shuffle=shuffle, verbose=verbose,
                    checkpoint=checkpoint, resume_from=resume_from, overwrite=overwrite, settings=settings)
 
@@ -331,22 +359,26 @@ class Sequential:
 
     # ---- weights -----------------------------------------------------------------------------
     def weight_items(self):
-        """[('layer_name/param', array)] for every parameter, in order (the arrays themselves)."""
-        return [(f"{layer.name}/{key}", layer.params[key]) for layer in self.layers for key in layer.params]
+        """[('layer_name/name', array)] for every weight, in order (the arrays themselves): each layer's
+        ``params``, then its ``state`` (BatchNormalization: gamma, beta, moving_mean, moving_variance,
+        Keras's order)."""
+        return [(f"{layer.name}/{key}", weight) for layer in self.layers
+                for key, weight in (*layer.params.items(), *layer.state.items())]
 
     def get_weights(self):
-        """Every parameter, layer by layer, as NumPy arrays (copies)."""
+        """Every weight, trained or not, layer by layer, as NumPy arrays (copies), as Keras's ``get_weights``."""
         return [backend.to_numpy(p).copy() for _, p in self.weight_items()]
 
     def set_weights(self, weights):
-        """Load a list like ``get_weights()`` returns; shapes are checked before anything is written."""
+        """Load a list like ``get_weights()`` returns; everything is checked before anything is written."""
         items = self.weight_items()
         if len(weights) != len(items):
             raise ValueError(f"expected {len(items)} weight arrays, got {len(weights)}")
         self.assign_weights({name: w for (name, _), w in zip(items, weights)})
 
     def check_weights(self, arrays):
-        """Raise a ValueError unless {'layer_name/param': array} fits the model: names, shapes, real finite numbers."""
+        """Raise a ValueError unless {'layer_name/param': array} fits the model: names, shapes, real
+        numbers finite in the model's dtype (1e300 is none in float32); returns them in that dtype."""
         items = dict(self.weight_items())
         missing = sorted(set(items) - set(arrays))
         extra = sorted(set(arrays) - set(items))
@@ -360,19 +392,30 @@ class Sequential:
                 raise ValueError(f"weight {name}: expected shape {tuple(param.shape)}, got {tuple(array.shape)}")
             if array.dtype.kind not in "iuf":
                 raise ValueError(f"weight {name}: expected numbers, got dtype {array.dtype}")
-            checks.finite(f"weight {name}", array.reshape(1, -1))
+        return {name: checks.representable(f"weight {name}", arrays[name], param.dtype)
+                for name, param in items.items()}
 
     def assign_weights(self, arrays):
         """Copy {'layer_name/param': array} into the weights; everything is checked before anything is written."""
-        self.check_weights(arrays)
+        checked = self.check_weights(arrays)
         for name, param in self.weight_items():
-            param[...] = backend.get_array_module(param).asarray(arrays[name], dtype=param.dtype)
+            param[...] = backend.get_array_module(param).asarray(checked[name])
 
-    def save_weights(self, path):
-        """Write every parameter to a ``.npz`` file (atomically; keys 'layer_name/param')."""
+    def save_weights(self, path, overwrite=False):
+        """Write every weight to a ``.npz`` file (atomically; keys 'layer_name/name').
+
+        An existing weights file at ``path`` is replaced; any other file (a checkpoint, whose
+        optimiser state and history would be lost) only with ``overwrite=True``.
+        """
         if not self.built:
             raise ValueError("the model is not built yet: there are no weights to save")
-        save_npz(path, dict(self.weight_items()), meta={"format": "minialex-weights", "version": 1})
+        checks.flag("overwrite", overwrite)
+        if not overwrite and os.path.isfile(path):
+            kind, held = describe(path)
+            if kind != WEIGHTS_FORMAT:
+                raise FileExistsError(f"{path} holds {held}; save_weights would replace it with the weights alone: "
+                                      f"choose another path, or pass overwrite=True to replace it")
+        save_npz(path, dict(self.weight_items()), meta={"format": WEIGHTS_FORMAT, "version": 1})
 
     def load_weights(self, path):
         """Read weights written by ``save_weights``, on any backend; names and shapes are checked."""
@@ -386,17 +429,23 @@ def _check_batch_size(batch_size):
     return checks.positive_int("batch_size", batch_size)
 
 
-def alexnet_mnist(input_shape=(32, 32, 1), num_classes=10, dtype="float32"):
-    """The tutorial's small AlexNet for 32x32 MNIST (585,546 parameters for 10 classes)."""
-    def lrn():
-        return LocalResponseNorm(depth_radius=2, bias=1.0, alpha=2e-5, beta=0.75)
+def alexnet_mnist(input_shape=(32, 32, 1), num_classes=10, dtype="float32", norm="lrn"):
+    """The tutorial's small AlexNet for 32x32 MNIST (585,546 parameters for 10 classes).
 
+    ``norm='batchnorm'`` puts BatchNormalization where the two LocalResponseNorm layers are (the
+    tutorial's chapter "After AlexNet"): 585,930 weights, of which 192 (the moving statistics) are not
+    trained.
+    """
+    norms = {"lrn": lambda: LocalResponseNorm(depth_radius=2, bias=1.0, alpha=2e-5, beta=0.75),
+             "batchnorm": lambda: BatchNormalization(dtype=dtype)}
+    if norm not in norms:
+        raise ValueError(f"norm must be 'lrn' (the tutorial's) or 'batchnorm', got {norm!r}")
     return Sequential([
         Conv2D(32, 3, activation="relu", input_shape=input_shape, dtype=dtype),
-        lrn(),
+        norms[norm](),
         MaxPool2D(2),
         Conv2D(64, 3, padding="same", activation="relu", dtype=dtype),
-        lrn(),
+        norms[norm](),
         MaxPool2D(2),
         Conv2D(128, 3, padding="same", activation="relu", dtype=dtype),
         Conv2D(128, 3, padding="same", activation="relu", dtype=dtype),

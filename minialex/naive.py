@@ -2,11 +2,12 @@
 
 Each fast layer in ``minialex.layers`` (and the fused loss in ``minialex.losses``) buys its speed with
 a trick: im2col and one matrix product for Conv2D, strided views for MaxPool2D, a band matrix for
-LocalResponseNorm. Here every one of them has a twin written the obvious way, as a pair of pure
-functions ``*_forward`` and ``*_backward``, with ``for`` loops over pixels, windows and channels and
-each docstring carrying the formula its fast twin's module docstring states. Read a twin first, then
-the fast layer. ``tests/test_naive.py`` holds every fast layer equal to its twin, forward and backward,
-and every twin's backward against finite differences.
+LocalResponseNorm, a collected backward for BatchNormalization. Here every one of them has a twin
+written the obvious way, as a pair of pure functions ``*_forward`` and ``*_backward`` (``TWINS`` at
+the end names each layer's), with ``for`` loops over pixels, windows and channels and each docstring
+carrying the formula its fast twin's module docstring states. Read a twin first, then the fast layer.
+``tests/test_naive.py`` holds every fast layer equal to its twin, forward and backward, and every
+twin's backward against finite differences.
 
 Notation as in the layers: N batch, H W input height and width, C input channels, F filters, KH KW
 a kernel's size, PH PW a pool's, SH SW strides, OH OW output size. Images are channels-last
@@ -117,11 +118,11 @@ def conv2d_backward(dz, x, kernel, strides=(1, 1), padding="valid"):
     for n in range(N):
         for oh in range(OH):
             for ow in range(OW):
-                rows, cols = slice(oh * SH, oh * SH + KH), slice(ow * SW, ow * SW + KW)
+                span_h, span_w = slice(oh * SH, oh * SH + KH), slice(ow * SW, ow * SW + KW)   # the window
                 for f in range(F):
-                    dkernel[:, :, :, f] += xpad[n, rows, cols, :] * dz[n, oh, ow, f]
+                    dkernel[:, :, :, f] += xpad[n, span_h, span_w, :] * dz[n, oh, ow, f]
                     dbias[f] += dz[n, oh, ow, f]
-                    dxpad[n, rows, cols, :] += kernel[:, :, :, f] * dz[n, oh, ow, f]
+                    dxpad[n, span_h, span_w, :] += kernel[:, :, :, f] * dz[n, oh, ow, f]
     return dxpad[:, top:top + H, left:left + W, :], dkernel, dbias
 
 
@@ -332,6 +333,135 @@ def dropout_backward(dout, mask):
     return dout * mask
 
 
+# ---- BatchNormalization ------------------------------------------------------------------------
+
+def batchnorm_statistics(x):
+    """The batch's mean and (biased) variance of each channel, one value at a time:
+
+        mean[c] = (1/M) sum_m rows[m, c]          var[c] = (1/M) sum_m (rows[m, c] - mean[c])^2
+
+    with rows the (M, C) view of x (M = N * H * W for images, N for a Dense layer's output).
+
+    Inputs:
+    - x: (N, ..., C)
+    Returns (mean, var):
+    - mean, var: (C,)
+    """
+    xp = backend.get_array_module(x)
+    rows = x.reshape(-1, x.shape[-1])
+    M, C = rows.shape
+    mean, var = xp.zeros(C, dtype=x.dtype), xp.zeros(C, dtype=x.dtype)
+    for c in range(C):
+        for m in range(M):
+            mean[c] += rows[m, c] / M
+        for m in range(M):
+            var[c] += (rows[m, c] - mean[c]) ** 2 / M
+    return mean, var
+
+
+def batchnorm_forward(x, gamma, beta, epsilon=1e-3):
+    """BatchNormalization in training, one value at a time, with the batch's own statistics:
+
+        xhat[m, c] = (rows[m, c] - mean[c]) / sqrt(var[c] + epsilon)       y[m, c] = gamma[c] * xhat[m, c] + beta[c]
+
+    (at inference the layer uses its moving mean and variance in their place; the moving averages
+    follow momentum * moving + (1 - momentum) * batch after each training forward).
+
+    Inputs:
+    - x: (N, ..., C)
+    - gamma, beta: (C,) (a layer built with scale=False or center=False has ones or zeros there)
+    - epsilon: added to the variance
+    Returns:
+    - y: x's shape
+    """
+    xp = backend.get_array_module(x)
+    mean, var = batchnorm_statistics(x)
+    rows = x.reshape(-1, x.shape[-1])
+    y = xp.zeros(rows.shape, dtype=x.dtype)
+    for m in range(rows.shape[0]):
+        for c in range(rows.shape[1]):
+            y[m, c] = gamma[c] * (rows[m, c] - mean[c]) / (var[c] + epsilon) ** 0.5 + beta[c]
+    return y.reshape(x.shape)
+
+
+def batchnorm_backward(dout, x, gamma, epsilon=1e-3):
+    """BatchNormalization's backward, step by step back through the forward's stages, channel by channel:
+
+        dgamma = sum_m dout * xhat               dbeta = sum_m dout               dxhat = dout * gamma
+        dvar   = sum_m dxhat * (x - mean) * (-1/2) (var + epsilon)^(-3/2)
+        dmean  = sum_m -dxhat / sqrt(var + epsilon)  +  dvar * (1/M) sum_m -2 (x - mean)
+        dx     = dxhat / sqrt(var + epsilon)  +  dvar * 2 (x - mean) / M  +  dmean / M
+
+    (x reaches y directly, through var and through mean; the fast layer's
+    dx = gamma / sqrt(var + epsilon) * (dout - (dbeta + xhat * dgamma) / M) is these three terms
+    collected. The sum in dmean's second term is zero, and stays here as the chain rule writes it.)
+
+    Inputs:
+    - dout: x's shape, gradient of the loss with respect to y
+    - x, gamma, epsilon: as given to ``batchnorm_forward``
+    Returns (dx, dgamma, dbeta):
+    - dx: x's shape;  dgamma, dbeta: (C,)
+    """
+    xp = backend.get_array_module(dout, x)
+    mean, var = batchnorm_statistics(x)
+    rows, drows = x.reshape(-1, x.shape[-1]), dout.reshape(-1, x.shape[-1])
+    M, C = rows.shape
+    dx = xp.zeros(rows.shape, dtype=dout.dtype)
+    dgamma, dbeta = xp.zeros(C, dtype=dout.dtype), xp.zeros(C, dtype=dout.dtype)
+    for c in range(C):
+        std = (var[c] + epsilon) ** 0.5
+        dvar, dmean = 0.0, 0.0
+        for m in range(M):
+            dgamma[c] += drows[m, c] * (rows[m, c] - mean[c]) / std
+            dbeta[c] += drows[m, c]
+            dvar += drows[m, c] * gamma[c] * (rows[m, c] - mean[c]) * -0.5 * std ** -3
+        for m in range(M):
+            dmean += -drows[m, c] * gamma[c] / std + dvar * -2.0 * (rows[m, c] - mean[c]) / M
+        for m in range(M):
+            dx[m, c] = drows[m, c] * gamma[c] / std + dvar * 2.0 * (rows[m, c] - mean[c]) / M + dmean / M
+    return dx.reshape(x.shape), dgamma, dbeta
+
+
+# ---- Flatten -----------------------------------------------------------------------------------
+
+def flatten_forward(x):
+    """Each sample's values in one row, channels fastest (Keras's order for NHWC), one value at a time:
+
+        y[n, (h * W + w) * C + c] = x[n, h, w, c]           (any number of axes: C order)
+
+    Inputs:
+    - x: (N, d1, d2, ...)
+    Returns:
+    - y: (N, d1 * d2 * ...)
+    """
+    xp = backend.get_array_module(x)
+    N = x.shape[0]
+    y = xp.zeros((N, x[0].size), dtype=x.dtype)
+    for n in range(N):
+        for k, index in enumerate(_c_order(x.shape[1:])):
+            y[n, k] = x[(n,) + index]
+    return y
+
+
+def flatten_backward(dout, x):
+    """Each gradient back to the value it came from: dx[n, h, w, c] = dout[n, (h * W + w) * C + c].
+    Inputs: dout (N, d1 * d2 * ...), x (N, d1, d2, ...). Returns dx, x's shape."""
+    xp = backend.get_array_module(dout, x)
+    dx = xp.zeros(x.shape, dtype=dout.dtype)
+    for n in range(x.shape[0]):
+        for k, index in enumerate(_c_order(x.shape[1:])):
+            dx[(n,) + index] = dout[n, k]
+    return dx
+
+
+def _c_order(shape):
+    """Every index of an array of ``shape``, the last axis fastest: (0, 0, 0), (0, 0, 1), ..."""
+    indices = [()]
+    for length in shape:
+        indices = [index + (i,) for index in indices for i in range(length)]
+    return indices
+
+
 # ---- ReLU and Softmax --------------------------------------------------------------------------
 
 def relu_forward(x):
@@ -426,3 +556,8 @@ def softmax_cross_entropy_backward(logits, y_onehot):
         e = xp.exp(logits[n] - logits[n].max())
         dlogits[n] = (e / e.sum() - y_onehot[n]) / N
     return dlogits
+
+
+#: each layer of ``minialex.layers`` (by class name) -> its twin here: NAME_forward and NAME_backward
+TWINS = {"Conv2D": "conv2d", "MaxPool2D": "maxpool2d", "LocalResponseNorm": "lrn", "BatchNormalization": "batchnorm",
+         "Dense": "dense", "Dropout": "dropout", "ReLU": "relu", "Softmax": "softmax", "Flatten": "flatten"}

@@ -19,8 +19,8 @@ class Optimizer:
     slot_names: tuple = ()
 
     def __init__(self, learning_rate):
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
+        if not 0 < learning_rate < float("inf"):
+            raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}")
         self.learning_rate = float(learning_rate)
         self.iterations = 0
         self.slots: dict[str, list] = {name: [] for name in self.slot_names}
@@ -108,24 +108,25 @@ class Adam(Optimizer):
         m, v = self.slots["m"][index], self.slots["v"][index]
         t = self.iterations
         alpha = self.learning_rate * (1.0 - self.beta_2 ** t) ** 0.5 / (1.0 - self.beta_1 ** t)
-        if not backend.on_cpu(param):   # a GPU: the lines below in one kernel
-            return kernels.adam(param, grad, m, v, alpha, self.beta_1, self.beta_2, self.epsilon)
-        # The formulas above, written in place through one scratch array (no temporaries).
-        if index not in self._scratch or self._scratch[index].shape != param.shape:
-            self._scratch[index] = xp.empty_like(param)
-        scratch = self._scratch[index]
-        xp.subtract(grad, m, out=scratch)
-        scratch *= 1.0 - self.beta_1
-        m += scratch                                   # m += (1 - beta_1) * (g - m)
-        xp.multiply(grad, grad, out=scratch)
-        scratch -= v
-        scratch *= 1.0 - self.beta_2
-        v += scratch                                   # v += (1 - beta_2) * (g^2 - v)
-        xp.sqrt(v, out=scratch)
-        scratch += self.epsilon
-        xp.divide(m, scratch, out=scratch)
-        scratch *= alpha
-        param -= scratch                               # p -= alpha_t * m / (sqrt(v) + epsilon)
+        if backend.on_cpu(param):
+            # The formulas above, written in place through one scratch array (no temporaries).
+            if index not in self._scratch or self._scratch[index].shape != param.shape:
+                self._scratch[index] = xp.empty_like(param)
+            scratch = self._scratch[index]
+            xp.subtract(grad, m, out=scratch)
+            scratch *= 1.0 - self.beta_1
+            m += scratch                                   # m += (1 - beta_1) * (g - m)
+            xp.multiply(grad, grad, out=scratch)
+            scratch -= v
+            scratch *= 1.0 - self.beta_2
+            v += scratch                                   # v += (1 - beta_2) * (g^2 - v)
+            xp.sqrt(v, out=scratch)
+            scratch += self.epsilon
+            xp.divide(m, scratch, out=scratch)
+            scratch *= alpha
+            param -= scratch                               # p -= alpha_t * m / (sqrt(v) + epsilon)
+        else:   # a GPU: the same lines in one kernel
+            kernels.adam(param, grad, m, v, alpha, self.beta_1, self.beta_2, self.epsilon)
 
 
 OPTIMIZERS = {"adam": Adam, "sgd": SGD}

@@ -8,6 +8,10 @@ A temporary file's name says who wrote it: ``.<name>.<host>.<pid>-<random>.tmp``
 removed by the next write or load of the same destination, once its writer is known to be gone (its
 process no longer runs on this host; from another host, or on Windows: untouched for
 ``STALE_SECONDS``).
+
+A destination is checked before anything is written: its folder, and that every name the write
+creates there (the temporary file's is the longest) fits the file system's name limit. A symbolic
+link is written through: its target is replaced, the link stays a link.
 """
 from __future__ import annotations
 
@@ -23,7 +27,11 @@ from contextlib import contextmanager
 
 import numpy
 
+from .backend import to_numpy
+
 META_KEY = "__meta__"
+WEIGHTS_FORMAT = "minialex-weights"          # the "format" in the metadata of each kind of file
+CHECKPOINT_FORMAT = "minialex-checkpoint"
 STALE_SECONDS = 600   # a temporary file from another host untouched this long is a dead writer's
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -82,42 +90,82 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 LEGACY_TMP = r"\.{name}\.[0-9a-f]{{32}}\.tmp"   # before the names said who wrote them
 
 
-def check_destination(path, what="save") -> str:
-    """Raise a clear error unless ``path`` can be written: its folder exists and is writable, it is no folder."""
+def check_destination(path, what="save", also=None) -> str:
+    """Raise a clear error unless ``path`` can be written: a path is given, its folder exists and is
+    writable, it is no folder, and the names of the files written beside it fit the file system's
+    limit on a name's length: the temporary file's, and ``also`` ({what it is: its name}) for other
+    files the caller creates there."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    if not path:
+        raise ValueError(f"cannot {what} to an empty path: name a file")
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot {what} to {path}: folder {folder} does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot {what} to {path}: it is a folder; name a file inside it")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot {what} to {path}: folder {folder} is not writable")
+    limit = _name_limit(folder)
+    names = {"its temporary file (.NAME.HOST.PID-RANDOM.tmp)": os.path.basename(temporary_path(target)), **(also or {})}
+    for label, name in names.items():
+        excess = len(os.fsencode(name)) - limit
+        if excess > 0:
+            raise ValueError(f"cannot {what} to {path}: the name is too long for this file system (at most {limit} "
+                             f"bytes a name): {label} would take {limit + excess}; shorten the name by {excess} "
+                             f"bytes or more")
     return path
+
+
+def _name_limit(folder) -> int:
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):   # no pathconf (Windows): its usual limit
+        return 255
+    return limit if limit > 0 else sys.maxsize      # -1: the file system sets none
 
 
 @contextmanager
 def atomic_write(path):
     """Yield a temporary name beside ``path`` to write the whole file under; when the block ends
-    without an error, the file is synced to disk and renamed over ``path``; on any error (Ctrl-C
-    and SIGTERM included) it is removed, and ``path`` stays as it was."""
+    without an error, the file is synced to disk and renamed over ``path`` (over a link's target:
+    the link stays); on any error (Ctrl-C and SIGTERM included) it is removed, ``path`` stays as it
+    was, and an OSError (a full disk) names ``path``."""
     path = check_destination(path)
-    _clean(path)
-    temporary = temporary_path(path)
+    target = os.path.realpath(path)
+    _clean(target)
+    temporary = temporary_path(target)
     try:
         yield temporary
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
+        os.replace(temporary, target)
+    except BaseException as exc:
         if os.path.exists(temporary):
             os.unlink(temporary)
-        raise
+        if not isinstance(exc, OSError):
+            raise
+        message = f"cannot write {path}: {exc.strerror or exc}; the file there is as it was"
+        raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from exc
+
+
+def describe(path) -> tuple[str | None, str]:
+    """(format, what it holds in words) of the existing file at ``path``, for a message about
+    replacing it: ('minialex-checkpoint', 'a checkpoint of 3 epochs'), (None, 'a file that ...')."""
+    try:
+        _, meta = load_npz(path)
+    except (OSError, ValueError):
+        meta = None
+    kind = (meta or {}).get("format")
+    if kind == CHECKPOINT_FORMAT:
+        return kind, f"a checkpoint of {meta.get('epoch')} epochs"
+    if kind == WEIGHTS_FORMAT:
+        return kind, "a minialex weights file"
+    return None, "a file that minialex did not write"
 
 
 def save_npz(path, arrays: dict, meta: dict | None = None) -> None:
     """Write ``arrays`` (name -> array on any backend) and optional JSON ``meta`` to ``path`` atomically."""
-    from .backend import to_numpy
-
     payload = {name: to_numpy(array) for name, array in arrays.items()}
     if meta is not None:
         payload[META_KEY] = numpy.array(json.dumps(meta))
@@ -128,6 +176,8 @@ def save_npz(path, arrays: dict, meta: dict | None = None) -> None:
 def load_npz(path) -> tuple[dict, dict | None]:
     """Read a file written by ``save_npz``: (name -> NumPy array, meta or None)."""
     path = os.fspath(path)
+    if not path:
+        raise FileNotFoundError("no file named: the path is empty")
     _clean(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder, not a .npz file")

@@ -2,6 +2,8 @@
 
     python examples/train_mnist.py [--backend auto|numpy|cupy] [--epochs 5] [--batch-size 64] ...
 
+The backend is ``--backend`` if given, else ``$MINIALEX_BACKEND``, else auto.
+
 It prints what the notebook prints (the arrays' shapes, the model, each epoch, ``Running time`` and
 ``Test accuracy``) and, at the end, which backend and device ran. ``--plots DIR`` also keeps the
 weights before and after training and the history in DIR and draws the run's pictures there
@@ -9,12 +11,15 @@ weights before and after training and the history in DIR and draws the run's pic
 dataset and no network, a bad path, a backend this machine cannot run, no matplotlib for
 ``--plots``) end with one line on stderr and exit status 2, found before any work where they can
 be. ``--save`` never replaces an existing file unless it is the run resumed or ``--overwrite`` says
-so, and ``--resume`` refuses flags that contradict the checkpoint's run. SIGTERM is handled like
-Ctrl-C: temporary files removed, the last complete checkpoint kept, exit status 143.
+so, nor one that another run writes, and ``--resume`` refuses flags that contradict the checkpoint's
+run. SIGTERM is handled like Ctrl-C: temporary files removed, the last complete checkpoint kept, exit
+status 143 (130 for Ctrl-C); a second Ctrl-C or SIGTERM while that happens is ignored.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import signal
 import sys
 import threading
@@ -33,8 +38,9 @@ LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
 FLAGS = {"dataset": "--dataset", "limit": "--limit", "seed": "--seed", "batch_size": "--batch-size",
          "validation_split": "--validation-split", "learning_rate": "--learning-rate",
          "training_samples": "--limit", "validation_samples": "--validation-split",
-         "data": "--dataset / --data-dir (the training images differ)",
-         "validation_data": "--dataset / --data-dir (the validation images differ)"}
+         "training_digest": "--dataset / --data-dir (the training images differ)",
+         "validation_digest": "--dataset / --data-dir (the validation images differ)"}
+PATH_FLAGS = ("save", "resume", "data_dir", "plots")
 EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
 
@@ -44,8 +50,9 @@ class Terminated(BaseException):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="train_mnist.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=["auto", "numpy", "cupy"], default="auto",
-                        help="array backend: cupy on an NVIDIA GPU, numpy on the CPU, auto picks (default auto)")
+    parser.add_argument("--backend", choices=["auto", "numpy", "cupy"], default=None,
+                        help="array backend: cupy on an NVIDIA GPU, numpy on the CPU, auto picks "
+                             "(default: $MINIALEX_BACKEND, else auto)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
@@ -84,6 +91,9 @@ def _shown(value):
 
 def check_arguments(args):
     """Everything that can be checked before any data are read: numbers, paths, the checkpoint's settings."""
+    for name in PATH_FLAGS:
+        if getattr(args, name) == "":
+            raise ValueError(f"--{name.replace('_', '-')} is empty: give a path (is a variable in the command unset?)")
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
@@ -91,8 +101,8 @@ def check_arguments(args):
         raise ValueError("--limit must be at least 1")
     if not 0.0 <= args.validation_split < 1.0:
         raise ValueError(f"--validation-split must be in [0, 1), got {args.validation_split}")
-    if not args.learning_rate > 0:
-        raise ValueError(f"--learning-rate must be positive, got {args.learning_rate}")
+    if not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
+        raise ValueError(f"--learning-rate must be a positive finite number, got {args.learning_rate}")
     if args.save:
         try:
             check_checkpoint_destination(args.save, args.resume, args.overwrite)
@@ -102,6 +112,8 @@ def check_arguments(args):
                                         f"replace it") from None
     if args.resume:
         _, meta = read_checkpoint(args.resume)
+        if not args.save:
+            check_checkpoint_destination(args.resume, args.resume)   # it is written again after each epoch
         saved, now = meta.get("settings", {}), dict(run_settings(args), batch_size=args.batch_size,
                                                     validation_split=args.validation_split,
                                                     learning_rate=args.learning_rate)
@@ -109,21 +121,34 @@ def check_arguments(args):
                        if name in saved and saved[name] != value]
         if differences:
             raise ValueError(describe_differences(args.resume, differences))
-        if not args.save:
-            check_checkpoint_destination(args.resume, args.resume)   # it is written again after each epoch
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise NotADirectoryError(f"--plots {args.plots} is a file, not a folder")
+
+
+def choose_backend(args):
+    """Make the backend active that ``--backend`` names, else ``$MINIALEX_BACKEND``, else auto."""
+    if args.backend is not None:
+        backend.set_backend(args.backend)
+        return
+    name = os.environ.get("MINIALEX_BACKEND") or "auto"
+    try:
+        backend.set_backend(name)
+    except backend.BackendError as exc:
+        raise backend.BackendError(f"MINIALEX_BACKEND={name} (pass --backend to choose another): {exc}") from None
 
 
 def run(args) -> dict:
     """Do the whole run; returns its results (history, test loss and accuracy, seconds)."""
     check_arguments(args)
-    backend.set_backend(args.backend)
+    choose_backend(args)
     random.set_seed(args.seed)
 
     # 1-3. Data, preprocessed as the notebook does: pad 28x28 to 32x32, channel axis, /255, one-hot.
     (x_train, y_train), (x_test, y_test) = LOADERS[args.dataset](args.data_dir)
     if args.limit is not None:
+        if args.limit > len(x_train):
+            print(f"--limit {args.limit} is more than the {len(x_train)} training images: all {len(x_train)} "
+                  f"are used")
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
     x_train, x_test = preprocess_images(x_train), preprocess_images(x_test)
     y_train, y_test = to_categorical(y_train, 10), to_categorical(y_test, 10)
@@ -168,7 +193,7 @@ def main(argv=None) -> int:
     130 after Ctrl-C and 143 after SIGTERM (temporary files removed, the last complete checkpoint kept)."""
     args = build_parser().parse_args(argv)
     try:
-        with sigterm_unwinds():
+        with signals_unwind():
             run(args)
     except (backend.BackendError, DatasetUnavailableError, NonFiniteLossError, OSError, ValueError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
@@ -195,24 +220,30 @@ def _one_line(exc) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-class sigterm_unwinds:
-    """Within the block, SIGTERM raises ``Terminated`` in the main thread, so that it unwinds as Ctrl-C
-    does (``finally`` blocks remove temporary files); a second SIGTERM is ignored while that happens."""
+class signals_unwind:
+    """Within the block, Ctrl-C (SIGINT) raises KeyboardInterrupt and SIGTERM ``Terminated`` in the main
+    thread, so that both unwind alike (``finally`` blocks remove temporary files). After the first,
+    both are ignored for the rest of the process: a second Ctrl-C, quick on the first, neither cuts
+    that short nor prints a traceback at exit (where Python waits for the worker threads)."""
 
     def __enter__(self):
         self.previous = None
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._raise)
+            self.previous = {signum: signal.signal(signum, self._raise) for signum in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     @staticmethod
     def _raise(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
+        for each in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(each, signal.SIG_IGN)
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
     def __exit__(self, *exc_info):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        if self.previous is None:
+            return False
+        for signum, handler in self.previous.items():
+            if signal.getsignal(signum) is self._raise:     # not ignored: no signal came
+                signal.signal(signum, handler)
         return False
 
 

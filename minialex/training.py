@@ -9,21 +9,54 @@ Keras semantics that the tutorial relies on:
 Data moves to the device once; each step gathers its batch by index. Loss and accuracy are summed
 on the device and read back only when the progress bar refreshes (at most twice a second) and at
 the end of the epoch, so a GPU never waits on the host inside the loop.
+
+This module imports no model: the loop, the guard and the checkpoints drive any object with the
+members ``Trainable`` lists (``Sequential`` is one), and nothing else of it.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
 import time
+from contextlib import contextmanager, nullcontext
+from typing import Any, Protocol
+
+import numpy
 
 from . import backend, checks, random
-from .serialization import check_destination, load_npz, save_npz
+from .ownership import CheckpointOwner, lock_path
+from .serialization import CHECKPOINT_FORMAT, check_destination, describe, load_npz, save_npz
 
 REFRESH_SECONDS = 0.5
 SNAPSHOT_SECONDS = 0.5   # the non-finite guard's copy of good weights is at most this old (plus one step)
-CHECKPOINT_FORMAT = "minialex-checkpoint"
 CHECKPOINT_VERSION = 2
+DIGEST_ROWS = 4096       # rows read back at a time for the data's digest
+HUGE_INPUT = 1e6         # inputs beyond this magnitude: a non-finite loss is blamed on them, not the learning rate
+
+
+class Trainable(Protocol):
+    """What ``fit``, ``NonFiniteGuard`` and the checkpoints ask of a model, and all they ask.
+
+    ``Sequential`` (``minialex.models``) documents each member; ``tests/test_training.py`` holds
+    this module to using no other member of the model.
+    """
+
+    optimizer: Any              # an ``optimizers.Optimizer``: its state is saved, checked and restored
+    flat_parameters: Any        # every trained weight in one array: the guard copies it and puts it back
+    flat_state: Any             # every weight not trained (BatchNormalization's moving statistics), likewise
+    input_shape: tuple          # the per-sample shape, recorded in a checkpoint's settings
+    dtype: str                  # the weights' dtype: what checkpoints are checked against
+
+    def ensure_compiled(self) -> None: ...
+    def prepare_inputs(self, x, y=None, names=("x", "y"), check_values=True): ...
+    def train_step(self, x, y): ...
+    def apply_gradients(self) -> None: ...
+    def evaluate_sums(self, x, y, batch_size): ...
+    def weight_items(self) -> list: ...
+    def check_weights(self, arrays) -> None: ...
+    def assign_weights(self, arrays) -> None: ...
 
 
 class History:
@@ -53,6 +86,17 @@ class NonFiniteLossError(FloatingPointError):
     history = None
 
 
+def non_finite_advice(updated, largest_input):
+    """What a non-finite loss suggests, from what is known: how large the inputs are, and whether any
+    update was made (a lower learning rate is advised only where it can be the cause)."""
+    if largest_input > HUGE_INPUT:
+        return (f"The inputs reach {largest_input:.3g}: scale them to about [0, 1] first (images divided by 255); "
+                f"values so large overflow the network.")
+    if not updated:
+        return "No update had been made, so the learning rate played no part: the starting weights overflow."
+    return "Try a lower learning rate."
+
+
 class NonFiniteGuard:
     """Stops ``fit`` at the first non-finite loss and puts back the last weights known to be good.
 
@@ -68,8 +112,9 @@ class NonFiniteGuard:
     only once the next step's loss is known to be finite.
     """
 
-    def __init__(self, model, steps):
-        self.model, self.epoch, self.checked = model, 0, 0
+    def __init__(self, model: Trainable, steps, inputs):
+        self.model, self.inputs, self.epoch, self.checked = model, inputs, 0, 0
+        self.first_epoch = None
         self.deferred = backend.get_backend() != "numpy"
         self.good = self._snapshot("those fit started from")
         self.pending = None
@@ -79,17 +124,26 @@ class NonFiniteGuard:
 
     def start_epoch(self, epoch):
         self.epoch, self.checked = epoch, 0
+        self.first_epoch = epoch if self.first_epoch is None else self.first_epoch
 
     def _snapshot(self, label):
+        """The weights (the moving statistics too: a training forward moves them) and the optimiser's state."""
         self.taken = time.perf_counter()
-        return self.model.flat_parameters.copy(), self.model.optimizer.get_state(), label
+        moving = None if self.model.flat_state is None else self.model.flat_state.copy()
+        return self.model.flat_parameters.copy(), moving, self.model.optimizer.get_state(), label
 
-    def _fail(self, what, snapshot):
-        params, state, label = snapshot
+    def _fail(self, what, snapshot, step=None):
+        """Restore ``snapshot`` and stop; ``step``: the failing step, whose loss came before its update."""
+        params, moving, state, label = snapshot
         self.model.flat_parameters[...] = params
+        if moving is not None:
+            self.model.flat_state[...] = moving
         self.model.optimizer.set_state(state)
+        updated = not (step == 0 and self.epoch == self.first_epoch)
+        largest = float(backend.get_array_module(self.inputs).abs(self.inputs).max())
         raise NonFiniteLossError(f"the {what} became non-finite; training stopped and the weights were restored "
-                                 f"to {label} (the last known to give a finite loss). Try a lower learning rate.")
+                                 f"to {label} (the last known to give a finite loss). "
+                                 f"{non_finite_advice(updated, largest)}")
 
     def _where(self, step):
         return f"epoch {self.epoch + 1}, step {step + 1}"
@@ -100,7 +154,7 @@ class NonFiniteGuard:
             self.losses[step:step + 1] = loss       # a copy on the device, not a read-back
             return
         if not math.isfinite(float(loss)):
-            self._fail(f"loss at {self._where(step)}", self.good)
+            self._fail(f"loss at {self._where(step)}", self.good, step)
         if time.perf_counter() - self.taken >= SNAPSHOT_SECONDS:
             self.good = self._snapshot(f"those before {self._where(step)}")
 
@@ -113,7 +167,7 @@ class NonFiniteGuard:
         if bool(bad.any()):
             first = self.checked + int(bad.argmax())
             proven = self.pending if self.pending is not None and first > self.checked else self.good
-            self._fail(f"loss at {self._where(first)}", proven)
+            self._fail(f"loss at {self._where(first)}", proven, first)
         if self.pending is not None:
             self.good = self.pending                # the step after it gave a finite loss
         self.checked = step + 1
@@ -217,13 +271,17 @@ class CheckpointMismatchError(ValueError):
                          f"settings, or start a new run with another checkpoint path")
 
 
-def run_settings(model, x, y, x_val, y_val, batch_size, shuffle, validation_split, extra=None):
-    """What defines a run, as a checkpoint records it: a resumed run must match it."""
+def run_settings(model: Trainable, x, y, x_val, y_val, batch_size, shuffle, validation_split, extra=None):
+    """What defines a run, as a checkpoint records it: a resumed run must match it.
+
+    The data are known by a digest of every sample and target. (Checkpoints written before kept a
+    digest of 16 samples, under the names 'data' and 'validation_data': those are not compared.)
+    """
     settings = {"batch_size": batch_size, "shuffle": shuffle, "training_samples": int(x.shape[0]),
-                "data": _fingerprint(x, y), "input_shape": list(model.input_shape),
+                "training_digest": _digest(x, y), "input_shape": list(model.input_shape),
                 "validation_split": validation_split,
                 "validation_samples": 0 if x_val is None else int(x_val.shape[0]),
-                "validation_data": None if x_val is None else _fingerprint(x_val, y_val),
+                "validation_digest": None if x_val is None else _digest(x_val, y_val),
                 "optimizer": type(model.optimizer).__name__}
     settings.update({key: value for key, value in vars(model.optimizer).items()
                      if not key.startswith("_") and key != "iterations" and isinstance(value, (int, float))})
@@ -231,23 +289,22 @@ def run_settings(model, x, y, x_val, y_val, batch_size, shuffle, validation_spli
     return settings
 
 
-def _fingerprint(x, y, rows=16):
-    """A short digest of up to ``rows`` evenly spaced samples and their targets: another data set shows."""
-    import hashlib
-
-    import numpy
-
-    index = backend.to_device(numpy.unique(numpy.linspace(0, x.shape[0] - 1, min(rows, x.shape[0])).astype(numpy.int64)))
+def _digest(x, y):
+    """A short SHA-256 digest of every sample and target (one read-back per ``DIGEST_ROWS`` rows):
+    other data, or the same data changed anywhere, show."""
     xp = backend.get_array_module(x)
-    picked = xp.concatenate([x[index].reshape(-1), y[index].reshape(-1)])   # one read-back
-    return hashlib.sha256(numpy.ascontiguousarray(backend.to_numpy(picked)).tobytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for start in range(0, x.shape[0], DIGEST_ROWS):
+        rows = slice(start, start + DIGEST_ROWS)
+        digest.update(backend.to_numpy(xp.concatenate([x[rows].reshape(-1), y[rows].reshape(-1)])))
+    return digest.hexdigest()[:16]
 
 
 def _settings_differences(saved, now):
     return [(key, saved[key], now[key]) for key in now if key in saved and saved[key] != now[key]]
 
 
-def save_checkpoint(path, model, epochs_done, history, settings=None):
+def save_checkpoint(path, model: Trainable, epochs_done, history, settings=None):
     """Weights, optimiser state, epochs done, RNG state, history and the run's settings, written atomically."""
     arrays = {f"weights/{name}": p for name, p in model.weight_items()}
     state = model.optimizer.get_state()
@@ -290,7 +347,7 @@ def _count(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def load_checkpoint(path, model, settings=None):
+def load_checkpoint(path, model: Trainable, settings=None):
     """Restore a checkpoint into a compiled model and the run's generator; returns (epochs done, History).
 
     Everything in the file is checked -- metadata, every weight, the optimiser's state, and (given
@@ -301,6 +358,10 @@ def load_checkpoint(path, model, settings=None):
     if meta["optimizer"] != type(model.optimizer).__name__:
         raise ValueError(f"{path} was saved with {meta['optimizer']}, the model is compiled with "
                          f"{type(model.optimizer).__name__}")
+    dtypes = sorted({str(v.dtype) for k, v in arrays.items() if k.startswith("weights/") and v.dtype.kind == "f"})
+    if dtypes and dtypes != [model.dtype]:
+        raise ValueError(f"{path} does not fit this model: its weights are {', '.join(dtypes)}, the model's "
+                         f"{model.dtype}; resume it into a model built with dtype={dtypes[0]!r}")
     if settings is not None:
         differences = _settings_differences(meta.get("settings", {}), settings)
         if differences:
@@ -312,12 +373,11 @@ def load_checkpoint(path, model, settings=None):
         if unknown:
             raise ValueError(f"unexpected arrays {unknown}")
         model.check_weights(weights)
-        state["iterations"] = meta["iterations"]
         params = [] if model.flat_parameters is None else [model.flat_parameters]
-        model.optimizer.check_state(state, params)
-        for name, value in state.items():
-            if name != "iterations":
-                checks.finite(f"optimizer state {name}", value.reshape(1, -1))
+        model.optimizer.check_state(dict(state, iterations=meta["iterations"]), params)
+        state = {name: checks.representable(f"optimizer state {name}", value, model.dtype)
+                 for name, value in state.items()}
+        state["iterations"] = meta["iterations"]
     except ValueError as exc:
         raise ValueError(f"{path} does not fit this model: {exc}") from None
     model.optimizer.set_state(state, params)
@@ -326,30 +386,37 @@ def load_checkpoint(path, model, settings=None):
     return meta["epoch"], History(meta["history"])
 
 
-def check_checkpoint_destination(path, resume_from=None, overwrite=False):
-    """Raise before any work unless ``path`` can take this run's checkpoints.
+@contextmanager
+def owned_checkpoint(path, resume_from=None, overwrite=False):
+    """Within the block this run alone saves checkpoints to ``path`` (``ownership.CheckpointOwner``,
+    yielded); raises before any work unless it may.
 
-    Its folder must exist and be writable; an existing file there is replaced only when this run
-    resumes that very file or ``overwrite`` is true (a rerun never silently destroys a checkpoint).
+    Its folder must exist and be writable, the names of the files written there must fit, no other
+    run may hold it, and an existing file there is replaced only when this run resumes that very
+    file or ``overwrite`` is true (a rerun never silently destroys a checkpoint).
     """
-    check_destination(path, "save a checkpoint")
-    if not os.path.exists(path) or overwrite:
-        return
-    if resume_from is not None and os.path.exists(resume_from) and os.path.samefile(path, resume_from):
-        return
-    try:
-        held = f"a checkpoint of {read_checkpoint(path)[1]['epoch']} epochs"
-    except (OSError, ValueError):
-        held = "a file that is not a minialex checkpoint"
-    error = CheckpointExistsError(f"{path} already holds {held}; resume it (resume_from={str(path)!r}), choose "
-                                  f"another path, or pass overwrite=True to replace it")
-    error.held = held
-    raise error
+    check_destination(path, "save a checkpoint",
+                      also={"its lock file (.NAME.lock)": os.path.basename(lock_path(path))})
+    with CheckpointOwner(path) as owner:
+        resumed = resume_from is not None and os.path.exists(resume_from) and os.path.samefile(path, resume_from)
+        if os.path.exists(path) and not overwrite and not resumed:
+            _, held = describe(path)
+            error = CheckpointExistsError(f"{path} already holds {held}; resume it (resume_from={str(path)!r}), "
+                                          f"choose another path, or pass overwrite=True to replace it")
+            error.held = held
+            raise error
+        yield owner
+
+
+def check_checkpoint_destination(path, resume_from=None, overwrite=False):
+    """Raise before any work unless ``path`` can take this run's checkpoints (see ``owned_checkpoint``)."""
+    with owned_checkpoint(path, resume_from, overwrite):
+        pass
 
 
 # ---- the fit loop ------------------------------------------------------------------------------
 
-def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
+def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
         verbose=1, checkpoint=None, resume_from=None, overwrite=False, settings=None):
     """Train ``model`` on (x, y) for ``epochs`` epochs, as Keras's ``Model.fit``.
 
@@ -373,45 +440,47 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
         count = f"a {type(validation_data).__name__} of {len(validation_data)}" \
             if isinstance(validation_data, (tuple, list)) else type(validation_data).__name__
         raise ValueError(f"validation_data must be a pair (x_val, y_val), got {count}")
-    if checkpoint is not None:
-        check_checkpoint_destination(checkpoint, resume_from, overwrite)
-    if resume_from is not None:
-        read_checkpoint(resume_from)         # a missing or foreign file fails before the data are moved
-    x, y = model.prepare_inputs(x, y)
-    x_train, y_train, x_val, y_val = _split(x, y, validation_split, validation_data)
-    if validation_data is not None:
-        x_val, y_val = model.prepare_inputs(x_val, y_val, names=("validation_data x", "validation_data y"))
-        if x_val.shape[0] == 0:
-            raise ValueError("validation_data holds no samples; pass None for no validation")
-    rng = random.get_rng()
-    n = x_train.shape[0]
-    if n == 0:
-        raise ValueError("fit needs at least one training sample")
-    steps = math.ceil(n / batch_size)
-    run = run_settings(model, x_train, y_train, x_val, y_val, batch_size, bool(shuffle),
-                       None if validation_data is not None else validation_split, settings)
+    holding = nullcontext() if checkpoint is None else owned_checkpoint(checkpoint, resume_from, overwrite)
+    with holding as owner:   # no other run writes the checkpoint until fit returns
+        if resume_from is not None:
+            read_checkpoint(resume_from)         # a missing or foreign file fails before the data are moved
+        x, y = model.prepare_inputs(x, y)
+        x_train, y_train, x_val, y_val = _split(x, y, validation_split, validation_data)
+        if validation_data is not None:
+            x_val, y_val = model.prepare_inputs(x_val, y_val, names=("validation_data x", "validation_data y"))
+            if x_val.shape[0] == 0:
+                raise ValueError("validation_data holds no samples; pass None for no validation")
+        rng = random.get_rng()
+        n = x_train.shape[0]
+        if n == 0:
+            raise ValueError("fit needs at least one training sample")
+        steps = math.ceil(n / batch_size)
+        run = run_settings(model, x_train, y_train, x_val, y_val, batch_size, bool(shuffle),
+                           None if validation_data is not None else validation_split, settings)
 
-    first_epoch, history = 0, History()
-    if resume_from is not None:
-        first_epoch, history = load_checkpoint(resume_from, model, run)
-        if verbose and first_epoch >= epochs:
-            print(f"{resume_from} holds {first_epoch} epochs already: nothing left to train for epochs={epochs}")
+        first_epoch, history = 0, History()
+        if resume_from is not None:
+            first_epoch, history = load_checkpoint(resume_from, model, run)
+            if verbose and first_epoch >= epochs:
+                print(f"{resume_from} holds {first_epoch} epochs already: nothing left to train for epochs={epochs}")
 
-    guard = NonFiniteGuard(model, steps)
-    try:
-        for epoch in range(first_epoch, epochs):
-            logs = _train_epoch(model, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size,
-                                rng.permutation(n) if shuffle else None, verbose)
-            history.append(logs)
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, model, epoch + 1, history, run)
-    except NonFiniteLossError as exc:
-        exc.history = history
-        raise
-    return history
+        guard = NonFiniteGuard(model, steps, x_train)
+        try:
+            for epoch in range(first_epoch, epochs):
+                logs = _train_epoch(model, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size,
+                                    rng.permutation(n) if shuffle else None, verbose)
+                history.append(logs)
+                if owner is not None:
+                    owner.check(epoch + 1)
+                    save_checkpoint(checkpoint, model, epoch + 1, history, run)
+                    owner.saved()
+        except NonFiniteLossError as exc:
+            exc.history = history
+            raise
+        return history
 
 
-def _train_epoch(model, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size, order, verbose):
+def _train_epoch(model: Trainable, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size, order, verbose):
     """One epoch's steps, then validation; returns its logs."""
     n = x_train.shape[0]
     steps = math.ceil(n / batch_size)

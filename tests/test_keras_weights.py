@@ -232,6 +232,65 @@ def test_a_link_in_place_of_an_array_is_refused(tmp_path):
     refused(path, "layers/dense_2/vars/1 is a link")
 
 
+def data_offset(dataset):
+    """Where the file holds the dataset's (first chunk of) data."""
+    return dataset.id.get_offset() if dataset.chunks is None else dataset.id.get_chunk_info(0).byte_offset
+
+
+def flip_a_bit(path, key, at=1000):
+    with h5py.File(path, "r") as file:
+        offset = data_offset(file[key]) + at
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_a_written_file_fails_its_checksum(tmp_path):
+    path = tmp_path / "minialex.weights.h5"
+    save_keras_weights(scrambled_model(), path)
+    with h5py.File(path, "r") as file:
+        arrays = [file[f"layers/{key}/vars/{i}"] for key, found in read_keras_weights(path).items()
+                  for i in range(len(found))]
+        assert len(arrays) == 16 and all(dataset.fletcher32 for dataset in arrays)
+    flip_a_bit(path, "layers/dense/vars/0")
+    refused(path, f"{path} is damaged: /layers/dense/vars/0 does not match its Fletcher-32 checksum")
+    with pytest.raises(keras_weights.WeightsFileError, match="Fletcher-32"):
+        read_keras_weights(path)
+
+
+def test_files_keras_writes_carry_no_checksum_and_are_checked_for_finite_values(tmp_path):
+    """What the README says of them: no checksum, so a changed bit shows only where it breaks the
+    layout, a shape, a dtype or a value's finiteness."""
+    with h5py.File(WEIGHTS, "r") as file:
+        assert not any(file[f"layers/{key}/vars/{i}"].fletcher32 for key, arrays in read_keras_weights(WEIGHTS).items()
+                       for i in range(len(arrays)))
+    path = fixture_copy(tmp_path)
+    flip_a_bit(path, "layers/dense/vars/0")      # a float32's lowest byte (little-endian): a small change
+    assert not np.array_equal(read_keras_weights(path)["dense"][0], read_keras_weights(WEIGHTS)["dense"][0])
+    load_keras_weights(alexnet_mnist(), path)                      # ...that nothing can see
+    with h5py.File(path, "r+") as file:
+        file["layers/dense/vars/1"][3] = np.inf
+    refused(path, "weight dense/bias", "non-finite")
+
+
+def test_a_corrupt_compressed_chunk_is_named_with_its_file(tmp_path):
+    path = tmp_path / "compressed.weights.h5"
+    with h5py.File(path, "w") as file:                  # the fixture's arrays, gzip-compressed by h5py
+        for key, arrays in read_keras_weights(WEIGHTS).items():
+            variables = file.create_group(f"layers/{key}/vars")
+            for i, array in enumerate(arrays):
+                variables.create_dataset(str(i), data=array, compression="gzip")
+    with h5py.File(path, "r") as file:
+        chunk = file["layers/dense/vars/0"].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + chunk.size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    refused(path, f"{path} is damaged: /layers/dense/vars/0 holds a gzip-compressed chunk that cannot be "
+                  f"decompressed")
+    with pytest.raises(keras_weights.WeightsFileError, match=f"{path} is damaged"):
+        read_keras_weights(path)
+
+
 def test_without_h5py_the_error_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "h5py", None)
     with pytest.raises(H5pyMissing, match=r"pip install 'minialex\[keras\]'"):

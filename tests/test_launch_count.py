@@ -93,3 +93,11 @@ def test_the_docs_show_what_the_counter_counts_and_quote_the_code(tutorial_count
     sources = "".join(path.read_text() for path in (DOCS.parent / "minialex").rglob("*.py"))
     for code in re.findall(r"^```python\n(.*?)^```$", text, re.MULTILINE | re.DOTALL):
         assert code in sources, f"docs/{name} quotes code that is not in minialex:\n{code}"
+
+
+@pytest.mark.parametrize("name", sorted(launch_count.LAYER_BUDGETS))
+def test_each_layer_alone_is_within_its_budget(name):
+    make_layer, shape, budget = launch_count.LAYER_BUDGETS[name]
+    counts, assumed = launch_count.layer_launches(make_layer, shape)
+    assert all(count <= most for count, most in zip(counts, budget)), (name, counts, budget)
+    assert not assumed, f"{name}: functions without a launch count in FUNCTION_LAUNCHES: {assumed}"

@@ -1,12 +1,15 @@
 """Every layer: forward against the loop references, backward against finite differences (float64),
 and the layer contract; on each backend."""
+import re
+
 import numpy as np
 import pytest
 
 from minialex import backend, naive, random
 from minialex.gradcheck import TOLERANCE, check_layer, check_loss, layer_cases, tie_free
-from minialex.layers import (Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D, ReLU, Softmax,
-                             caffe_to_tf, tf_to_caffe)
+from minialex.layers import base as layer_base
+from minialex.layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D,
+                             ReLU, Softmax, caffe_to_tf, tf_to_caffe)
 from minialex.losses import SoftmaxCrossEntropy
 
 
@@ -220,8 +223,8 @@ def test_lrn_gradients(xp_backend, alpha, shape):
 def test_lrn_gradcheck_catches_a_wrong_backward(xp_backend):
     """At alpha=0.1 a backward that forgets the window term fails; at 2e-5 it would nearly pass."""
     class ForgetfulLRN(LocalResponseNorm):
-        def backward(self, dout):
-            return dout / self._den_beta
+        def backward(self, dout, input_grad=True):
+            return dout / self._den ** self.beta      # _den_beta is the CPU's alone (the contract's table)
 
     x = tie_free((1, 2, 2, 7), seed=1, low=-2.0, high=2.0)
     assert max(check_layer(ForgetfulLRN(2, 1.0, 0.1, 0.75), x).values()) > 1e-3
@@ -243,7 +246,8 @@ def test_fused_loss_gradient(xp_backend):
 # ---- the contract -----------------------------------------------------------------------------
 
 def all_layers():
-    return [Conv2D(4, 3), MaxPool2D(2), LocalResponseNorm(), Dropout(0.5), Dense(3), ReLU(), Softmax(), Flatten()]
+    return [Conv2D(4, 3), MaxPool2D(2), LocalResponseNorm(), BatchNormalization(), Dropout(0.5), Dense(3), ReLU(),
+            Softmax(), Flatten()]
 
 
 def test_layer_contract(xp_backend):
@@ -256,6 +260,41 @@ def test_layer_contract(xp_backend):
         assert dx.shape == x.shape and dx.dtype == np.float32, layer.name
         for key, param in layer.params.items():
             assert param.dtype == np.float32 and layer.grads[key].shape == param.shape
+
+
+def documented_saved_state():
+    """{layer class name: (attributes kept on any device, attributes that are None on a GPU)}, read
+    from the table in minialex/layers/base.py's docstring."""
+    doc = layer_base.__doc__
+    table = doc[doc.index("kept from a training forward for backward"):doc.index("(``tests/test_layers.py``")]
+    documented = {}
+    for line in table.splitlines()[1:]:
+        if not line.strip():
+            continue
+        names, kept = re.match(r"\s*([A-Za-z0-9, ]+?)\s{2,}(.*)", line).groups()
+        kept = re.sub(r"\([^)]*\)", "", kept.replace("; its activation's own", ""))
+        attributes = {name.strip() for name in kept.split(",") if name.strip()}
+        gpu_none = set(re.findall(r"(_\w+) \([^)]*None on a GPU", line))
+        for name in names.split(","):
+            documented[name.strip()] = (attributes, gpu_none)
+    return documented
+
+
+def test_each_layer_keeps_what_the_contract_table_says(xp_backend):
+    """A training forward keeps exactly the attributes base.py's table lists (an activation held by a
+    layer, its own), an inference forward keeps none: the table is one place a reader can trust."""
+    documented = documented_saved_state()
+    for layer in all_layers():
+        x = tie_free((2, 6, 6, 3) if not isinstance(layer, Dense) else (2, 5), seed=1).astype("float32")
+        layer.forward(x)                                   # builds; inference keeps nothing
+        before = set(vars(layer))
+        layer.forward(x, training=True)
+        kept = {name for name in set(vars(layer)) - before if name.startswith("_")}
+        attributes, gpu_none = documented[type(layer).__name__]
+        kept |= {"_activated"} & set(vars(layer)) & attributes        # set at construction, rewritten here
+        assert kept == attributes, type(layer).__name__
+        for name in gpu_none:
+            assert (getattr(layer, name) is None) == (xp_backend == "cupy"), (type(layer).__name__, name)
 
 
 def test_params_update_in_place_changes_the_layer(xp_backend):

@@ -35,7 +35,7 @@ def test_summary_matches_keras_for_the_tutorial_model(capsys):
     model = alexnet_mnist()
     model.summary()
     text = capsys.readouterr().out
-    counts = [layer.count_params for layer in model.layers]
+    counts = [layer.count_params() for layer in model.layers]
     assert counts == [320, 0, 0, 18496, 0, 0, 73856, 147584, 73792, 0, 263508, 0, 7140, 0, 850]
     shapes = [layer.output_shape for layer in model.layers]
     assert shapes[:6] == [(30, 30, 32), (30, 30, 32), (15, 15, 32), (15, 15, 64), (15, 15, 64), (7, 7, 64)]

@@ -61,8 +61,9 @@ def test_state_saves_and_restores(xp_backend):
 
 
 def test_bad_settings():
-    with pytest.raises(ValueError, match="learning_rate"):
-        Adam(learning_rate=0)
+    for bad in (0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="learning_rate must be a positive finite number"):
+            Adam(learning_rate=bad)
     with pytest.raises(ValueError, match="momentum"):
         SGD(momentum=1.5)
     with pytest.raises(ValueError, match="unknown optimizer"):

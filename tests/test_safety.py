@@ -95,11 +95,22 @@ def test_a_resume_with_other_settings_is_refused_naming_each_difference(tmp_path
         model.fit(other_x, other_y, epochs=2, batch_size=8, validation_split=0.25, verbose=0, resume_from=path,
                   checkpoint=path, settings={"dataset": "fashion-mnist"})
     names = [name for name, _, _ in error.value.differences]
-    assert names == ["batch_size", "training_samples", "data", "validation_split", "validation_samples",
-                     "validation_data", "learning_rate", "dataset"]
+    assert names == ["batch_size", "training_samples", "training_digest", "validation_split", "validation_samples",
+                     "validation_digest", "learning_rate", "dataset"]
     assert "batch_size: the checkpoint's run had 16, this one has 8" in str(error.value)
     assert_unchanged(model, before)
     assert training.read_checkpoint(path)[1]["epoch"] == 1
+
+
+def test_a_resume_on_data_changed_in_one_sample_is_refused(tmp_path):
+    """The digest covers every sample (it once took 16 evenly spaced ones: 0, 3, 7, ... of 60)."""
+    x, y = quadrant_data(60)
+    path = tmp_path / "run.npz"
+    compiled().fit(x, y, epochs=1, batch_size=16, verbose=0, checkpoint=path)
+    x[1, 4, 4, 0] += 0.25
+    with pytest.raises(training.CheckpointMismatchError) as error:
+        compiled().fit(x, y, epochs=2, batch_size=16, verbose=0, checkpoint=path, resume_from=path)
+    assert [name for name, _, _ in error.value.differences] == ["training_digest"]
 
 
 def cli_checkpoint(path, **settings):
@@ -192,15 +203,70 @@ def start_save_loop(path, floats=8_000_000):
     return process
 
 
-def test_sigterm_mid_write_removes_the_temporary_file_and_exits_143(tmp_path):
+@pytest.mark.parametrize("signum, status, said", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                  (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_or_ctrl_c_mid_write_removes_the_temporary_file(tmp_path, signum, status, said):
     path = tmp_path / "run.npz"
     process = start_save_loop(path)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=30)
-    assert process.returncode == 143
-    assert err.strip().splitlines()[-1] == f"terminated (SIGTERM); the last complete checkpoint is in {path}"
+    assert process.returncode == status
+    assert err.strip().splitlines()[-1] == f"{said}; the last complete checkpoint is in {path}"
     assert temporaries(tmp_path) == []
     assert load_npz(path)[0]["a"].shape == (8_000_000,)
+
+
+DOUBLE_CTRL_C = textwrap.dedent("""
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+    from minialex import train_mnist
+
+    def ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def busy_worker():                   # a thread Python waits for at exit; the second Ctrl-C comes then
+        time.sleep(0.3)
+        ctrl_c()
+        time.sleep(0.3)
+
+    def run(args):
+        if sys.argv[1] == "at exit":
+            threading.Thread(target=busy_worker).start()
+            ctrl_c()
+            time.sleep(10)
+        try:
+            ctrl_c()
+            time.sleep(10)
+        finally:                         # the cleanup the first Ctrl-C runs, as atomic_write's
+            ctrl_c()
+            time.sleep(0.1)
+            print("cleanup finished", flush=True)
+
+    train_mnist.run = run
+    sys.exit(train_mnist.main([]))
+""")
+
+
+@pytest.mark.parametrize("second", ["at exit", "during the cleanup"])
+def test_a_second_ctrl_c_is_quiet_and_lets_the_cleanup_finish(second):
+    done = subprocess.run([sys.executable, "-c", DOUBLE_CTRL_C, second], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 130 and done.stderr == "interrupted\n"
+    assert done.stdout == ("" if second == "at exit" else "cleanup finished\n")
+
+
+def test_a_file_is_flushed_to_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda descriptor: calls.append(("fsync", os.readlink(f"/proc/self/fd/"
+                                                                                              f"{descriptor}"))))
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda source, target: calls.append(("replace", source)) or
+                        replace(source, target))
+    save_npz(tmp_path / "w.npz", {"a": np.ones(3)})
+    assert [what for what, _ in calls] == ["fsync", "replace"] and calls[0][1] == calls[1][1]
 
 
 def test_a_kill_9_leftover_is_removed_by_the_next_load_or_save(tmp_path):
@@ -351,6 +417,44 @@ def test_a_damaged_checkpoint_changes_nothing(tmp_path, damage):
     assert_unchanged(model, before)
 
 
+def test_weights_beyond_float32s_range_are_refused_after_the_cast(tmp_path):
+    """1e300 is a finite float64 and infinity as float32: checked after the cast, wherever weights come in."""
+    x, y = quadrant_data(40)
+    model = compiled()
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, checkpoint=tmp_path / "run.npz")
+    before = snapshot(model)
+    huge = [w.astype(np.float64) for w in model.get_weights()]
+    huge[-1][0] = 1e300
+    beyond = r"weight dense_1/bias holds values beyond the range of float32 \(up to 1e\+300\)"
+    with pytest.raises(ValueError, match=beyond):
+        model.set_weights(huge)
+    save_npz(tmp_path / "w.npz", {name: w for (name, _), w in zip(model.weight_items(), huge)})
+    with pytest.raises(ValueError, match=beyond):
+        model.load_weights(tmp_path / "w.npz")
+    arrays, meta = load_npz(tmp_path / "run.npz")
+    arrays["optimizer/v/0"] = arrays["optimizer/v/0"].astype(np.float64)
+    arrays["optimizer/v/0"][5] = 1e300
+    save_npz(tmp_path / "state.npz", arrays, meta)
+    with pytest.raises(ValueError, match=r"does not fit this model: bad input: optimizer state v/0 holds values "
+                                         r"beyond the range of float32"):
+        training.load_checkpoint(tmp_path / "state.npz", model)
+    assert_unchanged(model, before)
+    assert np.isfinite(model.predict(x)).all()
+
+
+def test_a_checkpoint_of_another_dtype_names_the_dtype(tmp_path):
+    x, y = quadrant_data(40)
+    path = tmp_path / "run.npz"
+    compiled().fit(x, y, epochs=1, batch_size=16, verbose=0, checkpoint=path)
+    random.set_seed(0)
+    model = small_model(dtype="float64")
+    model.compile(optimizer=Adam(0.01), loss="categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"does not fit this model: its weights are float32, the model's float64; "
+                                         r"resume it into a model built with dtype='float32'") as error:
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0, checkpoint=path, resume_from=path)
+    assert "differ" not in str(error.value)
+
+
 def test_an_optimizer_state_of_the_wrong_length_is_refused_before_any_change():
     params = [np.ones(5, np.float32)]
     opt = Adam(0.1)
@@ -380,6 +484,20 @@ def test_inputs_that_cannot_be_right_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
         model.fit(*make(*quadrant_data(40)), epochs=1, verbose=0)
     assert_unchanged(model, before)
+
+
+def test_integer_labels_as_targets_are_called_labels_not_unscaled_images(monkeypatch):
+    from minialex import checks
+
+    monkeypatch.setattr(checks, "_warned", set())
+    x, y = quadrant_data(40)
+    model = compiled()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match=r"y must be one-hot targets of shape \(40, 3\), got \(40,\); convert "
+                                             r"labels with minialex.data.to_categorical"):
+            model.fit(x, y.argmax(axis=1), epochs=1, verbose=0)
+    assert [str(w.message) for w in caught] == []
 
 
 def test_integer_images_warn_once_and_numpy_integers_count_as_ints(monkeypatch):

@@ -88,6 +88,20 @@ def test_non_finite_loss_stops_with_the_last_good_weights(monkeypatch):
     assert model.optimizer.iterations == 1
 
 
+def test_a_checkpoint_holds_only_weights_that_gave_a_finite_loss(tmp_path):
+    x, y = quadrant_data(60)
+    path = tmp_path / "run.npz"
+    model = plain_model(seed=2, poison_at=8)                # batch size 10: the second epoch's second step
+    with pytest.raises(training.NonFiniteLossError):
+        model.fit(x, y, epochs=3, batch_size=10, verbose=0, checkpoint=path)
+    twin = plain_model(seed=2)
+    twin.fit(x, y, epochs=1, batch_size=10, verbose=0)
+    epochs, _ = training.load_checkpoint(path, model)
+    assert epochs == 1
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_deferred_guard_as_on_a_gpu_rolls_back(monkeypatch):
     """The GPU path checks the device-side losses at refreshes and restores its last proven copy."""
     monkeypatch.setattr(backend, "get_backend", lambda: "cupy")   # arrays stay NumPy: only the policy changes
@@ -106,7 +120,7 @@ def test_deferred_guard_keeps_a_copy_once_the_next_step_proves_it(monkeypatch):
     monkeypatch.setattr(backend, "get_backend", lambda: "cupy")
     x, y = quadrant_data(40)
     model = plain_model(seed=3)
-    guard = training.NonFiniteGuard(model, steps=4)
+    guard = training.NonFiniteGuard(model, steps=4, inputs=x)
 
     def step(index, poisoned=False):
         loss, _ = model.train_step(x[index * 10:(index + 1) * 10], y[index * 10:(index + 1) * 10])
@@ -139,6 +153,21 @@ def test_weights_that_overflow_are_not_kept():
         model.fit(x, y, epochs=2, batch_size=32, verbose=0)
     assert np.isfinite(model.predict(x[:32])).all()
     assert np.isfinite(model.evaluate(x, y)[0])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_huge_inputs_are_blamed_not_the_learning_rate():
+    """Inputs of 1e30 are finite, but overflow the network: the message says so, not 'a lower learning rate'."""
+    x, y = quadrant_data(32)
+    with pytest.raises(training.NonFiniteLossError, match=r"The inputs reach 1e\+30: scale them to about \[0, 1\] "
+                                                          r"first") as error:
+        compiled(seed=0).fit(x * 1e30, y, epochs=1, batch_size=16, verbose=0)
+    assert "learning rate" not in str(error.value)
+    model = plain_model(seed=1, poison_at=1)
+    with pytest.raises(training.NonFiniteLossError, match="No update had been made, so the learning rate played "
+                                                          "no part") as error:
+        model.train_on_batch(x, y)
+    assert "Try a lower learning rate" not in str(error.value)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -212,3 +241,22 @@ def test_the_progress_bar_fits_where_it_runs(monkeypatch):
     assert training.progress_bar() == (tqdm.std.tqdm, False)
     monkeypatch.setitem(sys.modules, "ipywidgets", types.ModuleType("ipywidgets"))
     assert training.progress_bar() == (tqdm.notebook.tqdm, False)  # with it: the widget
+
+
+def test_the_fit_loop_uses_only_what_trainable_lists():
+    """training.py drives a model through the members of ``training.Trainable`` and nothing else
+    (no guessing at a model's insides), and Sequential has every one of them."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(training))
+    def is_model(node):     # ``model`` or ``self.model``
+        return (isinstance(node, ast.Name) and node.id == "model") or (
+            isinstance(node, ast.Attribute) and node.attr == "model" and isinstance(node.value, ast.Name))
+
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute) and is_model(node.value)}
+    listed = set(training.Trainable.__annotations__) | {
+        name for name, value in vars(training.Trainable).items() if callable(value) and not name.startswith("_")}
+    assert used and used <= listed, sorted(used - listed)
+    model = small_model()
+    assert all(hasattr(model, name) for name in listed), sorted(name for name in listed if not hasattr(model, name))

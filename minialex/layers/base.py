@@ -11,11 +11,30 @@ The contract (tests, the gradient checker and Sequential rely on it):
 - ``params`` and ``grads``: dicts of arrays with the same keys (empty for parameter-free layers).
   Both are updated *in place*, never rebound: ``params[k][...] = v`` changes the layer (and a
   model may keep them as views of one flat buffer: ``minialex.flat``);
+- ``state``: a dict of arrays that are weights but not trained (BatchNormalization's moving mean and
+  variance): saved, loaded and checkpointed with ``params``, counted by ``count_params`` (Keras's
+  non-trainable weights), but they have no gradient and the optimiser never sees them (a model keeps
+  them in a flat buffer of their own). A training forward may update them, in place;
+- ``mixes_samples``: True for a layer whose training output for one sample depends on the other
+  samples of the batch (BatchNormalization's batch statistics). ``Sequential.train_step`` then runs
+  the batch whole: shards would each see only their own rows;
 - layers with parameters take ``dtype=`` (default 'float32'; the gradient checks use 'float64') and
   create them from ``input_shape=`` or on the first forward, on the active backend;
 - a layer runs on whatever backend its input lives on: it takes ``xp`` from its arrays;
 - what a training forward keeps for backward lives in the layer's own attributes (or in a layer
-  it holds, such as Conv2D's ReLU);
+  it holds, such as Conv2D's ReLU), the same on the CPU and on a GPU except where the table says:
+
+    layer                 kept from a training forward for backward
+    Conv2D                _cols (the im2col matrix), _x_shape, _activated; its activation's own
+    Dense                 _x, _activated; its activation's own
+    MaxPool2D             _x, _y, _column_max (the first pass's maxima; None on a GPU, whose kernel reads x)
+    LocalResponseNorm     _x, _y, _den, _den_beta (den^beta; None on a GPU, whose kernel recomputes it)
+    Dropout               _mask (None when rate = 0)
+    BatchNormalization    _xhat (the normalised input), _variance (the batch's)
+    ReLU, Softmax         _y
+    Flatten               _x_shape
+
+  (``tests/test_layers.py`` holds this table to what the layers keep.)
 """
 from __future__ import annotations
 
@@ -28,12 +47,15 @@ from .. import backend, random
 class Layer:
     #: number of axes the input must have, batch axis included (None: any number)
     input_ndim: int | None = None
+    #: True when a sample's training output depends on the other samples of its batch (see above)
+    mixes_samples: bool = False
 
     def __init__(self, input_shape=None, dtype="float32", name=None):
         self.dtype = dtype
         self.name = name or re.sub(r"(?<=[a-z])(?=[A-Z])", "_", type(self).__name__).lower()
         self.params: dict = {}
         self.grads: dict = {}
+        self.state: dict = {}
         self.input_shape = None
         self.output_shape = None
         self.built = False
@@ -63,9 +85,23 @@ class Layer:
         self.params[name] = value
         self.grads[name] = backend.xp().zeros_like(value)
 
+    def add_state(self, name, value):
+        """A weight that is not trained (no gradient, never in the optimiser's buffer)."""
+        self.state[name] = value
+
     @property
+    def trainable_weights(self) -> list:
+        """The trained weights (``params``), as Keras's ``layer.trainable_weights``."""
+        return list(self.params.values())
+
+    @property
+    def non_trainable_weights(self) -> list:
+        """The weights that are not trained (``state``), as Keras's ``layer.non_trainable_weights``."""
+        return list(self.state.values())
+
     def count_params(self) -> int:
-        return sum(int(p.size) for p in self.params.values())
+        """Every weight's size, trained or not, as Keras counts them."""
+        return sum(int(w.size) for w in self.trainable_weights + self.non_trainable_weights)
 
     # ---- input checks ----------------------------------------------------------------------
     def _prepare(self, x):
@@ -79,12 +115,12 @@ class Layer:
             raise TypeError(f"{self.name}: expects floating-point inputs, got dtype {x.dtype}")
         if not self.built:
             self.build(x.shape[1:])
-        if self.params:
+        if self.params or self.state:
             self._check_compatible(x)
         return x
 
     def _check_compatible(self, x):
-        reference = next(iter(self.params.values()))
+        reference = next(iter({**self.params, **self.state}.values()))
         if backend.get_array_module(x) is not backend.get_array_module(reference):
             raise ValueError(f"{self.name}: the input is a {type(x).__module__.split('.')[0]} array but the "
                              f"parameters live in {type(reference).__module__.split('.')[0]}; "
@@ -104,8 +140,9 @@ class Layer:
         raise NotImplementedError
 
     def replica(self):
-        """A shallow copy for one shard of a data-parallel step: the same ``params`` arrays, its own
-        ``grads`` and per-call state (a layer it holds, such as Conv2D's ReLU, is copied the same way)."""
+        """A shallow copy for one shard of a data-parallel step: the same ``params`` and ``state`` arrays,
+        its own ``grads`` and per-call attributes (a layer it holds, such as Conv2D's ReLU, is copied the
+        same way). A layer that ``mixes_samples`` never runs in shards."""
         replica = copy.copy(self)
         replica.grads = {}
         for name, value in vars(self).items():

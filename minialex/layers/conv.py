@@ -40,32 +40,32 @@ def im2col(xpad, kernel_size, strides, out_size):
     shifted image) at a time, and returned transposed: the same matrix, copied in long runs.
     """
     xp = backend.get_array_module(xpad)
-    (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_size
-    n, _, _, c = xpad.shape
-    rows, width = n * oh * ow, kh * kw * c
-    if c == 1:
-        cols_t = xp.empty((width, n, oh, ow), dtype=xpad.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                cols_t[i * kw + j] = xpad[:, i:i + sh * oh:sh, j:j + sw * ow:sw, 0]
+    (KH, KW), (SH, SW), (OH, OW) = kernel_size, strides, out_size
+    N, _, _, C = xpad.shape
+    rows, width = N * OH * OW, KH * KW * C
+    if C == 1:
+        cols_t = xp.empty((width, N, OH, OW), dtype=xpad.dtype)
+        for i in range(KH):
+            for j in range(KW):
+                cols_t[i * KW + j] = xpad[:, i:i + SH * OH:SH, j:j + SW * OW:SW, 0]
         return cols_t.reshape(width, rows).T
     s_n, s_h, s_w, s_c = xpad.strides
-    windows = backend.as_strided(xpad, (n, oh, ow, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
+    windows = backend.as_strided(xpad, (N, OH, OW, KH, KW, C), (s_n, s_h * SH, s_w * SW, s_h, s_w, s_c))
     cols = xp.empty((rows, width), dtype=xpad.dtype)
-    cols.reshape(n, oh, ow, kh, kw, c)[...] = windows   # a view: the copy lands in cols
+    cols.reshape(N, OH, OW, KH, KW, C)[...] = windows   # a view: the copy lands in cols
     return cols
 
 
 def col2im(dcols, padded_shape, kernel_size, strides, out_size):
     """The adjoint of im2col: (N*OH*OW, KH*KW*C) -> (N, Hp, Wp, C), summing overlapping windows."""
     xp = backend.get_array_module(dcols)
-    (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_size
-    n, _, _, c = padded_shape
-    dcols = dcols.reshape(n, oh, ow, kh, kw, c)
+    (KH, KW), (SH, SW), (OH, OW) = kernel_size, strides, out_size
+    N, _, _, C = padded_shape
+    dcols = dcols.reshape(N, OH, OW, KH, KW, C)
     dxpad = xp.zeros(padded_shape, dtype=dcols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dxpad[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += dcols[:, :, :, i, j, :]
+    for i in range(KH):
+        for j in range(KW):
+            dxpad[:, i:i + SH * OH:SH, j:j + SW * OW:SW, :] += dcols[:, :, :, i, j, :]
     return dxpad
 
 
@@ -76,21 +76,21 @@ def col2im_by_taps(dz, kernel, input_shape, pads, strides, out_size):
     With stride 1 and the output as large as the input ('same'), tap (top, left) read every input
     pixel once: its product starts dx, instead of zeros and one more slice-add."""
     xp = backend.get_array_module(dz)
-    kh, kw, c, _ = kernel.shape
-    n, h, w, _ = input_shape
+    KH, KW, C, _ = kernel.shape
+    N, H, W, _ = input_shape
     (top, _), (left, _) = pads
-    (sh, sw), (oh, ow) = strides, out_size
-    if (sh, sw, oh, ow) == (1, 1, h, w) and top < kh and left < kw:
+    (SH, SW), (OH, OW) = strides, out_size
+    if (SH, SW, OH, OW) == (1, 1, H, W) and top < KH and left < KW:
         first = (top, left)
         dx = (dz @ kernel[first].T).reshape(input_shape)
     else:
         first, dx = None, xp.zeros(input_shape, dtype=dz.dtype)
-    for i in range(kh):
-        to_h, from_h = _tap_slices(i - top, sh, oh, h)
-        for j in range(kw):
-            to_w, from_w = _tap_slices(j - left, sw, ow, w)
+    for i in range(KH):
+        to_h, from_h = _tap_slices(i - top, SH, OH, H)
+        for j in range(KW):
+            to_w, from_w = _tap_slices(j - left, SW, OW, W)
             if (i, j) != first and to_h is not None and to_w is not None:
-                dx[:, to_h, to_w, :] += (dz @ kernel[i, j].T).reshape(n, oh, ow, c)[:, from_h, from_w, :]
+                dx[:, to_h, to_w, :] += (dz @ kernel[i, j].T).reshape(N, OH, OW, C)[:, from_h, from_w, :]
     return dx
 
 
@@ -123,9 +123,9 @@ class Conv2D(WithActivation):
         return out + (self.filters,)
 
     def create_params(self, input_shape):
-        kh, kw = self.kernel_size
-        c = input_shape[-1]
-        self.add_param("kernel", glorot_uniform((kh, kw, c, self.filters), kh * kw * c, kh * kw * self.filters,
+        KH, KW = self.kernel_size
+        C = input_shape[-1]
+        self.add_param("kernel", glorot_uniform((KH, KW, C, self.filters), KH * KW * C, KH * KW * self.filters,
                                                 self.dtype))
         if self.use_bias:
             self.add_param("bias", backend.xp().zeros(self.filters, dtype=self.dtype))
@@ -133,29 +133,29 @@ class Conv2D(WithActivation):
     def _pads(self):
         if self.padding == "valid":
             return (0, 0), (0, 0)
-        h, w, _ = self.input_shape
-        return (same_padding(h, self.kernel_size[0], self.strides[0]),
-                same_padding(w, self.kernel_size[1], self.strides[1]))
+        H, W, _ = self.input_shape
+        return (same_padding(H, self.kernel_size[0], self.strides[0]),
+                same_padding(W, self.kernel_size[1], self.strides[1]))
 
     def forward(self, x, training=False, logits=False):
         x = self._prepare(x)
         xp = backend.get_array_module(x)
-        n = x.shape[0]
-        oh, ow, f = self.output_shape
+        N = x.shape[0]
+        OH, OW, F = self.output_shape
         pad_h, pad_w = self._pads()
         if backend.on_cpu(x):
             xpad = xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))) if self.padding == "same" else x
-            cols = im2col(xpad, self.kernel_size, self.strides, (oh, ow))
+            cols = im2col(xpad, self.kernel_size, self.strides, (OH, OW))
         else:   # a GPU: the same cols from one kernel
-            cols = kernels.im2col(x, (pad_h, pad_w), self.kernel_size, self.strides, (oh, ow))
-        product = cols @ self.params["kernel"].reshape(-1, f)        # z = cols @ K + bias, then the activation
+            cols = kernels.im2col(x, (pad_h, pad_w), self.kernel_size, self.strides, (OH, OW))
+        product = cols @ self.params["kernel"].reshape(-1, F)        # z = cols @ K + bias, then the activation
         if training:
             self._cols, self._x_shape = cols, x.shape
-        return self._activate(product.reshape(n, oh, ow, f), training, logits)
+        return self._activate(product.reshape(N, OH, OW, F), training, logits)
 
     def backward(self, dout, input_grad=True):
-        oh, ow, f = self.output_shape
-        dz = self._activation_backward(dout).reshape(-1, f)
+        OH, OW, F = self.output_shape
+        dz = self._activation_backward(dout).reshape(-1, F)
         kernel = self.params["kernel"]
         # = cols^T @ dz; which order BLAS runs faster depends on the CPU (benchmarks/bench_tricks.py times both)
         self.grads["kernel"][...] = (dz.T @ self._cols).T.reshape(kernel.shape)
@@ -164,6 +164,6 @@ class Conv2D(WithActivation):
         if not input_grad:
             return None
         if backend.on_cpu(dz):
-            return col2im_by_taps(dz, kernel, self._x_shape, self._pads(), self.strides, (oh, ow))
-        dcols = dz @ kernel.reshape(-1, f).T     # a GPU: one product, then col2im in one kernel
-        return kernels.col2im(dcols, self._x_shape, self._pads(), self.kernel_size, self.strides, (oh, ow))
+            return col2im_by_taps(dz, kernel, self._x_shape, self._pads(), self.strides, (OH, OW))
+        dcols = dz @ kernel.reshape(-1, F).T     # a GPU: one product, then col2im in one kernel
+        return kernels.col2im(dcols, self._x_shape, self._pads(), self.kernel_size, self.strides, (OH, OW))

@@ -27,12 +27,13 @@ class Dropout(Layer):
         if self.rate == 0.0:
             self._mask = None
             return x
-        if not backend.on_cpu(x):   # a GPU: one kernel
-            y, self._mask = kernels.dropout(x, self.rate, random.get_rng())
-            return y
-        keep = random.get_rng().random(x.shape, x.dtype, like=x) >= self.rate
-        self._mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.rate))
-        return x * self._mask
+        if backend.on_cpu(x):
+            keep = random.get_rng().random(x.shape, x.dtype, like=x) >= self.rate
+            self._mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.rate))
+            return x * self._mask
+        # a GPU: one kernel
+        y, self._mask = kernels.dropout(x, self.rate, random.get_rng())
+        return y
 
     def backward(self, dout, input_grad=True):
         return dout if self._mask is None else dout * self._mask

@@ -95,12 +95,13 @@ class LocalResponseNorm(Layer):
 
     def backward(self, dout, input_grad=True):
         x, y, den, den_beta = self._x, self._y, self._den, self._den_beta
-        if not backend.on_cpu(dout):   # a GPU: one kernel
-            return kernels.lrn_backward(dout, x, y, den, self.depth_radius, self.alpha, self.beta)
-        ratio = dout * y
-        ratio /= den
-        window_sum = self._window_sum(ratio, 2.0 * self.alpha * self.beta)   # outputs whose window holds k
-        window_sum *= x
-        dx = backend.get_array_module(dout).divide(dout, den_beta, out=ratio)   # ratio is spent: reuse it
-        dx -= window_sum
-        return dx
+        if backend.on_cpu(dout):
+            ratio = dout * y
+            ratio /= den
+            window_sum = self._window_sum(ratio, 2.0 * self.alpha * self.beta)   # outputs whose window holds k
+            window_sum *= x
+            dx = backend.get_array_module(dout).divide(dout, den_beta, out=ratio)   # ratio is spent: reuse it
+            dx -= window_sum
+            return dx
+        # a GPU: one kernel
+        return kernels.lrn_backward(dout, x, y, den, self.depth_radius, self.alpha, self.beta)

@@ -7,9 +7,9 @@ row and column are never read), 'same' ceil(H / SH) with -inf padding (never 0: 
 all-negative windows).
 
 The maximum is taken in two passes, each a loop over a window's taps (2 for a 2x2 pool), never over
-pixels: first down the window's columns, ``cols[n, oh, w, c] = max_i xpad[n, oh*SH + i, w, c]``, then
-across them, ``y = max_j cols[n, oh, ow*SW + j, c]``. Each tap is one strided view of the array, and
-the first pass reads whole rows (W*C contiguous values), which is what makes it cheap.
+pixels: first down the window's columns, ``column_max[n, oh, w, c] = max_i xpad[n, oh*SH + i, w, c]``,
+then across them, ``y = max_j column_max[n, oh, ow*SW + j, c]``. Each tap is one strided view of the
+array, and the first pass reads whole rows (W*C contiguous values), which is what makes it cheap.
 
 Backward retraces the two passes: each dout goes to the first column (from the left) whose maximum
 won, then within that column to the first row (from the top) holding it. So a window with ties
@@ -39,43 +39,42 @@ class MaxPool2D(Layer):
         """((top, bottom), (left, right)): 'same' padding as TensorFlow places it, or none."""
         if self.padding == "valid":
             return (0, 0), (0, 0)
-        (h, w), (ph, pw), (sh, sw) = x.shape[1:3], self.pool_size, self.strides
-        return same_padding(h, ph, sh), same_padding(w, pw, sw)
+        (H, W), (PH, PW), (SH, SW) = x.shape[1:3], self.pool_size, self.strides
+        return same_padding(H, PH, SH), same_padding(W, PW, SW)
 
     def _pad(self, x):
+        """x with its 'same' padding of -inf (x itself for 'valid')."""
         if self.padding == "valid":
-            return x, (0, 0)
+            return x
         xp = backend.get_array_module(x)
         pad_h, pad_w = self._pads(x)
-        return xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)), constant_values=-xp.inf), (pad_h[0], pad_w[0])
+        return xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)), constant_values=-xp.inf)
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        oh, ow, _ = self.compute_output_shape(x.shape[1:])
-        (ph, pw), (sh, sw) = self.pool_size, self.strides
-        if not backend.on_cpu(x):     # a GPU: one kernel
-            y = kernels.max_pool(x, self.pool_size, self.strides, self._pads(x), (oh, ow))
-            if training:
-                self._x, self._y = x, y
-            return y
-        xpad, corner = self._pad(x)
-        cols = max_over_taps(xpad, axis=1, size=ph, stride=sh, length=oh)   # (N, OH, Wp, C)
-        y = max_over_taps(cols, axis=2, size=pw, stride=sw, length=ow)      # (N, OH, OW, C)
+        OH, OW, _ = self.compute_output_shape(x.shape[1:])
+        (PH, PW), (SH, SW) = self.pool_size, self.strides
+        if backend.on_cpu(x):
+            column_max = max_over_taps(self._pad(x), axis=1, size=PH, stride=SH, length=OH)   # (N, OH, Wp, C)
+            y = max_over_taps(column_max, axis=2, size=PW, stride=SW, length=OW)             # (N, OH, OW, C)
+        else:   # a GPU: one kernel
+            column_max = None
+            y = kernels.max_pool(x, self.pool_size, self.strides, self._pads(x), (OH, OW))
         if training:
-            self._x_shape, self._xpad, self._cols, self._y, self._corner = x.shape, xpad, cols, y, corner
+            self._x, self._column_max, self._y = x, column_max, y
         return y
 
     def backward(self, dout, input_grad=True):
-        (ph, pw), (sh, sw) = self.pool_size, self.strides
-        oh, ow = self._y.shape[1:3]
-        if not backend.on_cpu(dout):  # a GPU: one kernel
-            return kernels.max_pool_backward(dout, self._x, self._y, self.pool_size, self.strides,
-                                             self._pads(self._x), (oh, ow))
-        dcols = route_to_first_max(dout, self._cols, self._y, axis=2, size=pw, stride=sw, length=ow)
-        dxpad = route_to_first_max(dcols, self._xpad, self._cols, axis=1, size=ph, stride=sh, length=oh)
-        top, left = self._corner
-        _, h, w, _ = self._x_shape
-        return dxpad[:, top:top + h, left:left + w, :]
+        (PH, PW), (SH, SW) = self.pool_size, self.strides
+        x, column_max, y = self._x, self._column_max, self._y
+        OH, OW = y.shape[1:3]
+        if backend.on_cpu(dout):
+            dcolumn_max = route_to_first_max(dout, column_max, y, axis=2, size=PW, stride=SW, length=OW)
+            dxpad = route_to_first_max(dcolumn_max, self._pad(x), column_max, axis=1, size=PH, stride=SH, length=OH)
+            (top, _), (left, _) = self._pads(x)
+            return dxpad[:, top:top + x.shape[1], left:left + x.shape[2], :]
+        # a GPU: one kernel
+        return kernels.max_pool_backward(dout, x, y, self.pool_size, self.strides, self._pads(x), (OH, OW))
 
 
 def taps(ndim, axis, size, stride, length):
@@ -123,9 +122,9 @@ def route_to_first_max(dout, source, result, axis, size, stride, length):
     remaining = dout
     for index, next_index in zip(indices[:-1], indices[1:]):
         # what this tap does not take moves on, parked in the next tap's place; the rest is its share
-        left = xp.multiply(remaining, source[index] != result, out=dsource[next_index])
-        xp.subtract(remaining, left, out=dsource[index])
-        remaining = left
+        passed_on = xp.multiply(remaining, source[index] != result, out=dsource[next_index])
+        xp.subtract(remaining, passed_on, out=dsource[index])
+        remaining = passed_on
     if size == 1:
         dsource[indices[0]] = dout
     return dsource

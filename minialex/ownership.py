@@ -1,0 +1,100 @@
+"""One writer per checkpoint: the run that holds its lock, and finds the file as it left it.
+
+A run that saves checkpoints to PATH holds an exclusive lock (``flock``) on ``.NAME.lock`` beside
+it (beside a link's target) from before its first step to its end. A second run on the same file
+is refused before it trains, naming the process and host that hold it (the lock file says). The
+lock goes with its process: what a kill -9 leaves is taken over by the next run, and removed when
+that run ends.
+
+Where there are no locks (Windows) or they are not honoured (some network file systems), a second
+rule still holds: before each save, the run checks that the file is still the one it last wrote
+or resumed (device, inode, size, modification time), and refuses to replace one that another
+writer changed since.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+try:
+    import fcntl
+except ImportError:     # Windows: no flock; the check before each save remains
+    fcntl = None
+
+
+class CheckpointInUseError(OSError):
+    """Another run writes this checkpoint, or wrote it since this run last saved or resumed it."""
+
+
+def lock_path(path) -> str:
+    """The lock file of the checkpoint at ``path``: ``.NAME.lock`` beside it (beside a link's target)."""
+    folder, name = os.path.split(os.path.realpath(path))
+    return os.path.join(folder, f".{name}.lock")
+
+
+class CheckpointOwner:
+    """Within the block, this process holds ``path``: ``check()`` before each save, ``saved()`` after."""
+
+    def __init__(self, path):
+        self.path, self.lock = os.fspath(path), lock_path(path)
+        self.descriptor = None
+        self.known = None
+
+    def __enter__(self):
+        if fcntl is not None:
+            self.descriptor = self._lock()
+        self.known = _identity(self.path)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.descriptor is not None:
+            try:
+                os.unlink(self.lock)         # still locked: a run that opened it meanwhile sees it gone
+            except FileNotFoundError:
+                pass
+            os.close(self.descriptor)
+            self.descriptor = None
+        return False
+
+    def _lock(self):
+        while True:
+            descriptor = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:      # another process holds it
+                holder = os.read(descriptor, 200).decode(errors="replace").split()
+                os.close(descriptor)
+                who = f"process {holder[0]} on {holder[1]}" if len(holder) == 2 else "its process id not yet written"
+                raise CheckpointInUseError(f"{self.path} is being written by another run ({who}); wait for it "
+                                           f"to end, or save this run's checkpoints elsewhere") from None
+            except OSError:                  # no locks on this file system: the check before each save remains
+                os.close(descriptor)
+                return None
+            try:
+                if os.path.samestat(os.fstat(descriptor), os.stat(self.lock)):
+                    break                    # else the run before removed it as it ended: lock the new one
+            except FileNotFoundError:
+                pass
+            os.close(descriptor)
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        return descriptor
+
+    def check(self, epoch):
+        """Raise before saving ``epoch`` unless the file is absent or the one this run last wrote or resumed."""
+        now = _identity(self.path)
+        if now is not None and now != self.known:
+            raise CheckpointInUseError(f"{self.path} was replaced by another writer since this run last saved or "
+                                       f"resumed it; epoch {epoch} was not saved over it: save this run's "
+                                       f"checkpoints elsewhere")
+
+    def saved(self):
+        self.known = _identity(self.path)
+
+
+def _identity(path):
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
