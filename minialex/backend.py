@@ -26,8 +26,9 @@ import sys
 import numpy
 
 __all__ = [
-    "BackendError", "CudaLibrariesMissing", "as_strided", "available_backends", "describe_device", "fuse", "get_array_module", "get_backend",
-    "on_cpu", "set_backend", "synchronize", "to_device", "to_numpy", "using_module", "xp",
+    "BackendError", "CudaLibrariesMissing", "as_strided", "available_backends", "describe_device", "fuse",
+    "get_array_module", "get_backend", "missing_cuda_libraries", "on_cpu", "set_backend", "synchronize", "to_device",
+    "to_numpy", "using_module", "xp",
 ]
 
 BACKENDS = ("numpy", "cupy", "auto")

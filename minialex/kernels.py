@@ -10,11 +10,13 @@ Each kernel has two halves, called with the same arguments:
 - its *NumPy half* (``im2col_numpy``, ``lrn_numpy``, ...): the same maths in plain NumPy, written to be
   read (not for speed); tests hold it equal to the layer's CPU path, and the CUDA half to it;
 - its CUDA half: a ``cupy.ElementwiseKernel``, C++ for ONE output element that CuPy runs once per
-  element (``i`` is the element's flat index; ``raw`` arrays are read at any flat index).
+  element (``i`` is the element's flat index; ``raw`` arrays are read at any flat index). Without a
+  GPU, tests/test_nvrtc.py has NVRTC compile the source CuPy writes for it.
 
 On NumPy a kernel runs its NumPy half; on CuPy its CUDA half, exactly one launch; on another array
-module (the launch counter's stand-in) its NumPy half, counted as one launch. Simple elementwise chains need no
-hand-written kernel: ``backend.fuse`` compiles the NumPy lines themselves with ``cupy.fuse``.
+module (the launch counter's stand-in) its NumPy half, counted as one launch. Simple elementwise
+chains need no hand-written kernel: ``backend.fuse`` compiles the NumPy lines themselves with
+``cupy.fuse``.
 """
 from __future__ import annotations
 

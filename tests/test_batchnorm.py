@@ -160,16 +160,16 @@ def test_cuda_elementwise_halves_as_cpp(dtype, gamma_is_one):
         return np.ascontiguousarray(np.broadcast_to(a, rows.shape)) if isinstance(a, np.ndarray) else a
 
     y, xhat = kernels.batchnorm_normalize_numpy(rows, mean, variance, gamma, 0.5, 1e-3)
-    got = kernels.batchnorm_normalize.cuda(CPP_CUPY, rows, *map(per_row, (mean, variance, gamma)), 0.5, 1e-3)
+    got = kernels.batchnorm_normalize.cuda_half(CPP_CUPY, rows, *map(per_row, (mean, variance, gamma)), 0.5, 1e-3)
     tolerance = {"rtol": 1e-5 if dtype == "float32" else 1e-12, "atol": 1e-6 if dtype == "float32" else 1e-13}
     for a, b in zip(got, (y, xhat)):
         np.testing.assert_allclose(a, b, **tolerance)
     dbeta, dgamma = dout.sum(axis=0), kernels.batchnorm_dgamma_numpy(dout, xhat)
     expected = kernels.batchnorm_backward_numpy(dout, xhat, dbeta, dgamma, gamma, variance, 1e-3)
-    got = kernels.batchnorm_backward.cuda(CPP_CUPY, dout, xhat, *map(per_row, (dbeta, dgamma, gamma, variance)), 1e-3)
+    got = kernels.batchnorm_backward.cuda_half(CPP_CUPY, dout, xhat, *map(per_row, (dbeta, dgamma, gamma, variance)), 1e-3)
     np.testing.assert_allclose(got, expected, **tolerance)
     moving, twin = [np.zeros(4, dtype), np.ones(4, dtype)], [np.zeros(4, dtype), np.ones(4, dtype)]
-    kernels.batchnorm_moving_average.cuda(CPP_CUPY, mean, variance, 0.9, *moving)
+    kernels.batchnorm_moving_average.cuda_half(CPP_CUPY, mean, variance, 0.9, *moving)
     kernels.batchnorm_moving_average_numpy(mean, variance, 0.9, *twin)
     for a, b in zip(moving, twin):
         np.testing.assert_allclose(a, b, **tolerance)
