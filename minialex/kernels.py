@@ -65,10 +65,10 @@ def im2col_numpy(x, pads, kernel_size, strides, out_size):
     """cols[(n, oh, ow), (i, j, c)] = xpad[n, oh*SH + i, ow*SW + j, c], xpad = x with ``pads`` zeros
     (conv.im2col of the padded input: the same matrix)."""
     xp = backend.get_array_module(x)
-    (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_size
+    (KH, KW), (SH, SW), (OH, OW) = kernel_size, strides, out_size
     xpad = xp.pad(x, _pad_spec(pads))
-    taps = [xpad[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] for i in range(kh) for j in range(kw)]
-    return xp.stack(taps, axis=3).reshape(x.shape[0] * oh * ow, -1)       # (N, OH, OW, tap, C) rows
+    taps = [xpad[:, i:i + SH * OH:SH, j:j + SW * OW:SW, :] for i in range(KH) for j in range(KW)]
+    return xp.stack(taps, axis=3).reshape(x.shape[0] * OH * OW, -1)       # (N, OH, OW, tap, C) rows
 
 
 IM2COL = ("im2col", "raw T x, int32 H, int32 W, int32 C, int32 KH, int32 KW, int32 SH, int32 SW, "
@@ -85,10 +85,10 @@ IM2COL = ("im2col", "raw T x, int32 H, int32 W, int32 C, int32 KH, int32 KW, int
 
 
 def _im2col_cuda(cupy, x, pads, kernel_size, strides, out_size):
-    n, h, w, c = x.shape
-    (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_size
-    cols = cupy.empty((n * oh * ow, kh * kw * c), dtype=x.dtype)
-    _elementwise(cupy, IM2COL)(x, h, w, c, kh, kw, sh, sw, oh, ow, pads[0][0], pads[1][0], cols)
+    N, H, W, C = x.shape
+    (KH, KW), (SH, SW), (OH, OW) = kernel_size, strides, out_size
+    cols = cupy.empty((N * OH * OW, KH * KW * C), dtype=x.dtype)
+    _elementwise(cupy, IM2COL)(x, H, W, C, KH, KW, SH, SW, OH, OW, pads[0][0], pads[1][0], cols)
     return cols
 
 
@@ -127,10 +127,10 @@ COL2IM = ("col2im", "raw T dcols, int32 H, int32 W, int32 C, int32 KH, int32 KW,
 
 
 def _col2im_cuda(cupy, dcols, input_shape, pads, kernel_size, strides, out_size):
-    n, h, w, c = input_shape
-    (kh, kw), (sh, sw), (oh, ow) = kernel_size, strides, out_size
+    N, H, W, C = input_shape
+    (KH, KW), (SH, SW), (OH, OW) = kernel_size, strides, out_size
     dx = cupy.empty(input_shape, dtype=dcols.dtype)
-    _elementwise(cupy, COL2IM)(dcols, h, w, c, kh, kw, sh, sw, oh, ow, pads[0][0], pads[1][0], dx)
+    _elementwise(cupy, COL2IM)(dcols, H, W, C, KH, KW, SH, SW, OH, OW, pads[0][0], pads[1][0], dx)
     return dx
 
 
@@ -200,10 +200,10 @@ lrn_backward = Kernel(lrn_backward_numpy, _lrn_backward_cuda)
 
 def _pool_taps(xpad, pool_size, strides, out_size):
     """[(index, view)] of each tap (i, j) of every window, column by column (j), top to bottom (i)."""
-    (ph, pw), (sh, sw), (oh, ow) = pool_size, strides, out_size
-    for j in range(pw):
-        for i in range(ph):
-            index = (slice(None), slice(i, i + sh * oh, sh), slice(j, j + sw * ow, sw))
+    (PH, PW), (SH, SW), (OH, OW) = pool_size, strides, out_size
+    for j in range(PW):
+        for i in range(PH):
+            index = (slice(None), slice(i, i + SH * OH, SH), slice(j, j + SW * OW, SW))
             yield index, xpad[index]
 
 
@@ -235,9 +235,9 @@ MAX_POOL = ("max_pool", "raw T x, int32 H, int32 W, int32 C, int32 PH, int32 PW,
 
 
 def _max_pool_cuda(cupy, x, pool_size, strides, pads, out_size):
-    n, h, w, c = x.shape
-    y = cupy.empty((n,) + tuple(out_size) + (c,), dtype=x.dtype)
-    _elementwise(cupy, MAX_POOL)(x, h, w, c, *pool_size, *strides, *out_size, pads[0][0], pads[1][0], y)
+    N, H, W, C = x.shape
+    y = cupy.empty((N,) + tuple(out_size) + (C,), dtype=x.dtype)
+    _elementwise(cupy, MAX_POOL)(x, H, W, C, *pool_size, *strides, *out_size, pads[0][0], pads[1][0], y)
     return y
 
 
@@ -291,9 +291,9 @@ MAX_POOL_BACKWARD = ("max_pool_backward", "raw T dout, raw T x, raw T y, int32 H
 
 
 def _max_pool_backward_cuda(cupy, dout, x, y, pool_size, strides, pads, out_size):
-    n, h, w, c = x.shape
+    N, H, W, C = x.shape
     dx = cupy.empty(x.shape, dtype=dout.dtype)
-    _elementwise(cupy, MAX_POOL_BACKWARD)(dout, x, y, h, w, c, *pool_size, *strides, *out_size,
+    _elementwise(cupy, MAX_POOL_BACKWARD)(dout, x, y, H, W, C, *pool_size, *strides, *out_size,
                                            pads[0][0], pads[1][0], dx)
     return dx
 
@@ -358,10 +358,10 @@ SOFTMAX_CROSS_ENTROPY = ("softmax_cross_entropy", "raw T z, raw T t, int32 K, T 
 
 
 def _softmax_cross_entropy_cuda(cupy, logits, targets):
-    n, k = logits.shape
-    row_losses = cupy.empty(n, dtype=logits.dtype)
-    probs = cupy.empty((n, k), dtype=logits.dtype)
-    _elementwise(cupy, SOFTMAX_CROSS_ENTROPY)(logits, targets, k, 1.0 / n, row_losses, probs)
+    N, K = logits.shape
+    row_losses = cupy.empty(N, dtype=logits.dtype)
+    probs = cupy.empty((N, K), dtype=logits.dtype)
+    _elementwise(cupy, SOFTMAX_CROSS_ENTROPY)(logits, targets, K, 1.0 / N, row_losses, probs)
     return row_losses, probs
 
 
