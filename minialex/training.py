@@ -23,7 +23,6 @@ import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
 
-import numpy
 
 from . import backend, checks, random
 from .ownership import CheckpointOwner, lock_path
