@@ -23,7 +23,6 @@ import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
 
-
 from . import backend, checks, random
 from .ownership import CheckpointOwner, lock_path
 from .serialization import CHECKPOINT_FORMAT, check_destination, describe, load_npz, save_npz
