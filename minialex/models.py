@@ -221,9 +221,10 @@ class Sequential:
         A model with a layer that mixes samples (``mixes_samples``: BatchNormalization's batch
         statistics) runs each batch whole instead, as one shard: on this thread, with a one-thread BLAS
         as every shard has. A shard would normalise by its own rows' statistics, and its gradient would
-        miss what the other rows send back through them. (A BLAS on several threads would speed the
-        products up on an idle machine, but on a busy one it made this step 7 times slower: 0.95 s
-        against 0.13 s for the tutorial's network with BatchNormalization, load 4.4 on 2 cores.)
+        miss what the other rows send back through them. (A BLAS on two threads makes the products
+        faster while the cores are free, 88 ms a step against 130 ms for the tutorial's network with
+        BatchNormalization on 2 cores, but 4 to 7 times slower once other work shares them: 0.5 to
+        0.95 s. One thread keeps 130 to 140 ms either way.)
         """
         shards = parallel.shard_plan(x.shape[0])
         if len(shards) == 1:
