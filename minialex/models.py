@@ -12,7 +12,7 @@ few public methods, and nothing else:
 - ``forward_loss(x, y, training)``: the forward pass and the loss, (mean loss, correct count);
 - ``backward(input_grad, batch_size)``: fills every layer's ``grads`` (and returns d loss / d x);
 - ``train_step(x, y)``: both over one batch (on the CPU, shard by shard on every core, each shard
-  through a ``replica()`` of the model: ``minialex.parallel`` runs them); ``apply_gradients()``: one
+  through one of the model's ``replicas``: ``minialex.data_parallel``); ``apply_gradients()``: one
   optimiser step;
 - ``evaluate_sums(x, y, batch_size)``: summed loss and correct count, left on the device;
 - ``weight_items()`` / ``assign_weights(arrays)``: the weights by name, trained or not, for checkpoints;
@@ -26,7 +26,7 @@ import copy
 import math
 import os
 
-from . import backend, checks, flat, parallel, random, training
+from . import backend, checks, data_parallel, flat, parallel, training
 from .layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D,
                      Softmax)
 from .losses import SoftmaxCrossEntropy
@@ -211,47 +211,9 @@ class Sequential:
 
     def train_step(self, x, y):
         """Forward and backward over one batch: fills the gradients; returns (mean loss, correct count),
-        both still on the device.
-
-        On the CPU the batch runs shard by shard on every core (``parallel.run_shards``), shard k
-        through replica k (shard 0 through the model itself). Each shard divides its loss gradient by
-        the whole batch's size and draws exactly the dropout masks that the whole batch gives its rows
-        (``Generator.split_rows``); the replicas' gradients are then summed into the model's, in shard
-        order. So the result is the unsharded step's up to summation order, whatever the thread count.
-
-        A model with a layer that mixes samples (``mixes_samples``: BatchNormalization's batch
-        statistics) runs each batch whole instead, as one shard: on this thread, with a one-thread BLAS
-        as every shard has. A shard would normalise by its own rows' statistics, and its gradient would
-        miss what the other rows send back through them. (A BLAS on two threads makes the products
-        faster while the cores are free, 88 ms a step against 130 ms for the tutorial's network with
-        BatchNormalization on 2 cores, but 4 to 7 times slower once other work shares them: 0.5 to
-        0.95 s. One thread keeps 130 to 140 ms either way.)
-        """
-        shards = parallel.shard_plan(x.shape[0])
-        if len(shards) == 1:
-            return self._whole_batch_step(x, y)
-        if self.mixes_samples:
-            return parallel.run_shards(lambda _: self._whole_batch_step(x, y), 1)[0]
-        n = x.shape[0]
-        networks = [self] + self.replicas(len(shards) - 1)
-
-        def shard_step(k):
-            rows = shards[k]
-            with random.using_rng(generators[k]):
-                loss, correct = networks[k].forward_loss(x[rows], y[rows])
-            networks[k].backward(batch_size=n)     # each shard's gradient is its part of the batch's mean
-            return loss * (rows.stop - rows.start), correct
-
-        with random.get_rng().split_rows(shards, n) as generators:    # the whole batch's dropout masks
-            results = parallel.run_shards(shard_step, len(shards))
-        for replica in networks[1:]:
-            self.flat_gradients += replica.flat_gradients
-        return sum(loss for loss, _ in results) / n, sum(correct for _, correct in results)
-
-    def _whole_batch_step(self, x, y):
-        loss, correct = self.forward_loss(x, y)
-        self.backward()
-        return loss, correct
+        both still on the device. On the CPU the batch runs in shards side by side, each through a
+        ``replica`` of the model (``minialex.data_parallel``)."""
+        return data_parallel.train_step(self, x, y)
 
     def replicas(self, count):
         """``count`` replicas of the model for a data-parallel step: made once, again after a rebuild.

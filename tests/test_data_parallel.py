@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from minialex import random
 from minialex.layers import Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D
-from minialex.models import Sequential
+from minialex.models import Sequential, alexnet_mnist
 from minialex.parallel import MIN_SHARD_ROWS, shard_plan
 
 
@@ -83,6 +83,25 @@ def test_the_thread_count_changes_no_bit(n):
     for model, results in runs[1:]:
         assert results == runs[0][1]
         assert np.array_equal(model.flat_parameters, runs[0][0].flat_parameters)
+
+
+def test_batches_too_small_to_cut_change_no_bit_either():
+    """Batches of 16 and a last batch of 8 run whole, as one shard: with a one-thread BLAS too. (The
+    tutorial network: its products are large enough for BLAS to split them over its threads.)"""
+    rng = np.random.default_rng(5)
+    x = rng.random((40, 32, 32, 1), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 40)]
+    assert [len(shard_plan(n)) for n in (16, 8)] == [1, 1]
+    runs = []
+    for threads in (1, 2, 4):
+        random.set_seed(0)
+        model = alexnet_mnist()
+        model.compile(optimizer="adam", loss="categorical_crossentropy")
+        with threadpool_limits(threads, user_api="blas"):
+            model.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+        runs.append(model.flat_parameters.copy())
+    for parameters in runs[1:]:
+        assert np.array_equal(parameters, runs[0])
 
 
 def test_fit_and_a_resume_on_another_thread_count_change_no_bit(tmp_path):
