@@ -174,7 +174,7 @@ def using_module(module, name: str):
 
     ``name`` should be neither 'numpy' nor 'cupy': code then takes its GPU path (``on_cpu`` is false
     for the stand-in's arrays), asks ``module.fuse`` for what ``backend.fuse`` and ``minialex.kernels``
-    fuse, and runs it on the CPU. The launch counter (``benchmarks/launch_count.py``) is such a module:
+    fuse, and runs it on the CPU. The launch counter (``minialex.stand_in``) is such a module:
     NumPy arrays that count what CuPy would launch. On exit the previous backend comes back. Yields
     ``module``.
     """
@@ -199,7 +199,7 @@ def fuse(function):
     arithmetic; ``cupy.fuse`` compiles the whole function into one. Write it with operators and ufuncs
     on its arguments only (no branching on them, at most one reduction, at the end). On NumPy it runs
     line by line, exactly as written. Another array module (the launch counter's stand-in,
-    benchmarks/launch_count.py) is asked for its own ``fuse``.
+    ``minialex.stand_in``) is asked for its own ``fuse``.
     """
     compiled = {}
 

@@ -1,14 +1,17 @@
-"""The launch counter (benchmarks/launch_count.py) on toy code whose launches are known by hand."""
+"""The launch counter (minialex.stand_in) on toy code whose launches are known by hand; the tutorial
+network's count (benchmarks/launch_count.py) against the docs; each layer alone against its budget."""
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from minialex import backend
+from minialex import backend, stand_in
+
+from .layer_budgets import LAYER_BUDGETS, layer_launches
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import launch_count  # noqa: E402
+import launch_count  # noqa: E402  (the script whose table the docs show)
 
 
 def toy(x):
@@ -33,18 +36,18 @@ def toy(x):
 
 
 def test_the_counter_counts_the_toy_by_hand():
-    with launch_count.counting() as counter:
+    with stand_in.counting() as counter:
         x = backend.to_device(np.arange(12.0, dtype=np.float32).reshape(3, 4) - 5)   # 1: host to device
         counter.counts.clear()
         sums, product = toy(x)
     assert counter.total == 13
-    assert isinstance(sums, launch_count.CountingArray) and sums.shape == (4,)
+    assert isinstance(sums, stand_in.CountingArray) and sums.shape == (4,)
 
 
 def test_results_are_numpy_s_and_the_backend_comes_back():
     plain = np.arange(12.0, dtype=np.float32).reshape(3, 4) - 5
-    with launch_count.counting():
-        assert backend.get_backend() == launch_count.NAME
+    with stand_in.counting():
+        assert backend.get_backend() == stand_in.NAME
         sums, product = toy(backend.to_device(plain))
     expected = (np.maximum(plain, 0) + 1) * 2
     np.testing.assert_array_equal(np.asarray(sums), expected.sum(axis=0))
@@ -54,14 +57,14 @@ def test_results_are_numpy_s_and_the_backend_comes_back():
 
 
 def test_labels_take_the_innermost_and_scalars_stay_on_the_device():
-    with launch_count.counting() as counter:
+    with stand_in.counting() as counter:
         x = backend.to_device(np.ones(5, dtype=np.float32))
         counter.counts.clear()
         with counter.label("outer"):
             total = x.sum()                 # a 0-d array, as CuPy returns
             with counter.label("inner"):
                 total = total * 2 + 1       # 2
-    assert isinstance(total, launch_count.CountingArray) and float(total) == 11.0
+    assert isinstance(total, stand_in.CountingArray) and float(total) == 11.0
     assert dict(counter.counts) == {"outer": 1, "inner": 2}
 
 
@@ -95,9 +98,9 @@ def test_the_docs_show_what_the_counter_counts_and_quote_the_code(tutorial_count
         assert code in sources, f"docs/{name} quotes code that is not in minialex:\n{code}"
 
 
-@pytest.mark.parametrize("name", sorted(launch_count.LAYER_BUDGETS))
+@pytest.mark.parametrize("name", sorted(LAYER_BUDGETS))
 def test_each_layer_alone_is_within_its_budget(name):
-    make_layer, shape, budget = launch_count.LAYER_BUDGETS[name]
-    counts, assumed = launch_count.layer_launches(make_layer, shape)
+    make_layer, shape, budget = LAYER_BUDGETS[name]
+    counts, assumed = layer_launches(make_layer, shape)
     assert all(count <= most for count, most in zip(counts, budget)), (name, counts, budget)
     assert not assumed, f"{name}: functions without a launch count in FUNCTION_LAUNCHES: {assumed}"

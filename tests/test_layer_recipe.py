@@ -7,21 +7,18 @@ budget. ``missing_parts`` names what a layer lacks, and where it goes; a made-up
 part's absence is caught.
 """
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import minialex.layers
-from minialex import backend, gradcheck, keras_weights, naive, random
+from minialex import backend, gradcheck, keras_weights, naive, random, stand_in
 from minialex.layers import Layer
 from minialex.layers import base as layer_base
 
+from . import layer_budgets
 from .test_layers import documented_saved_state
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import launch_count  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding_a_layer.md"
 
@@ -47,7 +44,7 @@ def gpu_path_problem(make_layer, shape):
 
     cpu = run(x, dout)
     try:
-        with launch_count.counting():
+        with stand_in.counting():
             gpu = [np.asarray(a).copy() for a in run(backend.to_device(x), backend.to_device(dout))]
     except Exception as exc:            # noqa: BLE001  (any failure is the answer)
         return f"it fails: {type(exc).__name__}: {exc}"
@@ -77,8 +74,8 @@ def missing_parts(cls):
     if any(problems):
         missing.append(f"its GPU path ({next(p for p in problems if p)}): a kernel in minialex/kernels.py, "
                        "backend.fuse, or array code that takes xp from its arrays")
-    if name not in launch_count.LAYER_BUDGETS:
-        missing.append("its launch budget: LAYER_BUDGETS in benchmarks/launch_count.py")
+    if name not in layer_budgets.LAYER_BUDGETS:
+        missing.append("its launch budget: LAYER_BUDGETS in tests/layer_budgets.py")
     return missing
 
 
@@ -160,7 +157,7 @@ def register(monkeypatch):
         if "Keras" not in without:
             monkeypatch.setitem(keras_weights.KERAS_CLASSES, name, None)
         if "launch budget" not in without:
-            monkeypatch.setitem(launch_count.LAYER_BUDGETS, name, (cls, (2, 3), (1, 1, 1)))
+            monkeypatch.setitem(layer_budgets.LAYER_BUDGETS, name, (cls, (2, 3), (1, 1, 1)))
 
     return register
 

@@ -21,23 +21,19 @@ installs them on Linux). Step 2 calls CuPy 14's code generator by its private na
 extra's pin. What compiles here may still run wrong on a card: that is the GPU check's.
 """
 import re
-import sys
 from collections import namedtuple
-from pathlib import Path
 from unittest import mock
 
 import numpy
 import pytest
 
-from minialex import backend, kernels, random
+from minialex import backend, kernels, random, stand_in
 from minialex.models import alexnet_mnist
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (the dev extra brings it on Linux)")
 from cupy._core import _carray, _kernel, _scalar, core  # noqa: E402  (CuPy's code generator)
 from cupy.cuda import compiler, memory, nvrtc  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import launch_count  # noqa: E402
 
 ARCHS = ("75", "80", "90")
 NDARRAY, INDEXER, SCALAR = 1, 2, 3          # CuPy's _ArgKind (cupy/_core/_kernel.pxd)
@@ -49,7 +45,7 @@ INDEX_32_BITS = 1 << 31                     # CuPy indexes with int below this m
 ArraySpec = namedtuple("ArraySpec", "shape dtype strides")
 
 
-class Recorder(launch_count.CountingModule):
+class Recorder(stand_in.CountingModule):
     """The launch counter's stand-in for CuPy (NumPy underneath, nothing counted) that keeps the function
     and arguments of every fused kernel (a ``backend.fuse`` function, or a kernel's NumPy half), arrays
     as their ArraySpec."""
