@@ -5,9 +5,10 @@ im2col) on one. So on the CPU a training step cuts its batch into shards that ru
 each on its own thread with a one-thread BLAS, and inference spreads whole batches over the same
 threads. On a GPU none of this runs: one device queue does the work.
 
-This module knows shards and threads, nothing of layers or models: ``Sequential`` asks
-``shard_plan`` how to cut a batch, runs its shards through ``run_shards`` (each through a replica
-of itself that it makes), and evaluates through ``map_batches``.
+This module knows shards and threads, nothing of layers or models: the training step
+(``minialex.data_parallel``) asks ``shard_plan`` how to cut a batch and runs its shards through
+``run_meeting`` (``run_shards`` in stages, where the shards meet to add up sums over the whole batch);
+``Sequential`` evaluates and predicts through ``map_batches``.
 
 The shard plan depends on the batch size only, never on the thread count: with 1, 2 or 4 threads
 the same shards run, each with a one-thread BLAS, and their results come back in shard order, so a
@@ -94,6 +95,52 @@ def run_shards(shard_step, count):
         for k, result in zip(ks, turn_results):
             results[k] = result
     return results
+
+
+def run_meeting(start, count):
+    """[what shard k's program returns, for k in range(count)]: shards side by side, as ``run_shards``
+    runs them, that meet where each needs a sum over the whole batch (SyncBatchNorm's all-reduce,
+    across threads).
+
+    ``start(k)`` makes shard k's program, a generator. Where it needs a sum over every shard's rows,
+    it yields its own rows' part (an array, or a tuple of arrays and numbers) and goes on with the
+    total that the ``yield`` returns. The shards run in stages: each stage runs every program to its
+    next meeting (one ``run_shards``), then the parts are added in shard order (``sum_in_order``) and
+    the next stage hands every program the same total. A stage ends where a barrier inside the
+    programs would stand, so fewer threads than shards (shards in turns) cannot wait on each other;
+    and the totals, like the shards, are the same whatever the thread count. Every program must meet
+    as often as the others.
+    """
+    programs = [start(k) for k in range(count)]          # made here, first run in the first stage
+    total = None
+    while True:
+        outcomes = run_shards(lambda k: _resume(programs[k], total), count)
+        finished = {done for done, _ in outcomes}
+        if finished == {True}:
+            return [value for _, value in outcomes]
+        if len(finished) > 1:
+            raise RuntimeError(f"shards {[k for k, (done, _) in enumerate(outcomes) if done]} of {count} "
+                               f"finished while the others still wait to meet: each must meet as often")
+        total = sum_in_order([part for _, part in outcomes])
+
+
+def _resume(program, total):
+    """(False, the part it yields at its next meeting) or (True, what it returns), ``total`` sent in."""
+    try:
+        return False, program.send(total)
+    except StopIteration as finished:
+        return True, finished.value
+
+
+def sum_in_order(parts):
+    """parts[0] + parts[1] + ..., added in that order (tuples item by item): the same bits whichever
+    threads made the parts."""
+    if isinstance(parts[0], tuple):
+        return tuple(sum_in_order(list(items)) for items in zip(*parts))
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
 
 
 # ---- threaded inference -----------------------------------------------------------------------
