@@ -6,8 +6,11 @@ tutorial's shapes, on the same real MNIST batch.
 Prints, per layer (forward, and forward + backward) against PyTorch, and for the whole training step
 against both peers: minialex's median milliseconds, the peer's, their ratio (minialex / peer, the
 median of round-by-round ratios; below 1 minialex is faster), and minialex's achieved GFLOP/s as a
-share of the backend's own float32 matrix-multiply rate measured in the same run. Then inference
-throughput on the 10,000 MNIST test images and one epoch's projected time.
+share of the backend's own float32 matrix-multiply rate measured in the same run. The training step
+of the tutorial's BatchNorm network (``alexnet_mnist(norm='batchnorm')``) runs in the same turns, with
+its ratio to the LRN network's. Then inference throughput on the 10,000 MNIST test images, each
+library's pass over them in turns (``--inference-rounds``; the ratio is the median of the rounds'),
+and one epoch's projected time.
 
 Keras is the notebook's own framework, its model built line for line (``keras_reference.py``:
 TensorFlow on the CPU, LRN as a Lambda of ``tf.nn.local_response_normalization``, Adam, categorical
@@ -30,7 +33,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -200,6 +202,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=os.environ.get("MINIALEX_DATA_DIR",
                                                              Path(__file__).resolve().parents[2] / "shared" / "mnist"))
     parser.add_argument("--images", type=int, default=None, help="time inference on the first N test images only")
+    parser.add_argument("--inference-rounds", type=int, default=3, help="passes over the test images per library")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-keras", action="store_true")
     parser.add_argument("--skip-layers", action="store_true", help="only the whole step and inference")
@@ -212,6 +215,7 @@ def main(argv=None):
     reference, torch = torch_reference(args, threads, host_x, host_y)
     gemm = common.gemm_rate()
     model = common.tutorial_model()
+    batchnorm_model = common.tutorial_model(norm="batchnorm")
     x, y = backend.to_device(host_x), backend.to_device(host_y)
     on_gpu = backend.get_backend() == "cupy"
     version = f"PyTorch {torch.__version__}" if torch else "no PyTorch"
@@ -259,8 +263,12 @@ def main(argv=None):
         model.train_step(x, y)
         model.apply_gradients()
 
+    def batchnorm_step():
+        batchnorm_model.train_step(x, y)
+        batchnorm_model.apply_gradients()
+
     gemm_call, gemm_flops = common.gemm_function()
-    functions = {"ours": step, "gemm": gemm_call}
+    functions = {"ours": step, "batchnorm": batchnorm_step, "gemm": gemm_call}
     if reference is not None:
         functions["theirs"] = _synchronised(reference.train_step, reference)
     if keras_model is not None:
@@ -278,7 +286,11 @@ def main(argv=None):
     print(f"{'':<34} step rate / GEMM rate, round by round (median): {100 * share:.0f}% "
           f"(GEMM {gemm_flops / statistics.median(times['gemm']) / 1e9:.1f} GFLOP/s in these rounds)")
 
-    result = {"step_ms": step_ms, "gemm_share": share, "epoch_s": STEPS_PER_EPOCH * step_ms / 1000}
+    result = {"step_ms": step_ms, "gemm_share": share, "epoch_s": STEPS_PER_EPOCH * step_ms / 1000,
+              "batchnorm_step_ms": common.median_ms(times["batchnorm"]),
+              "batchnorm_ratio": common.blockwise_ratios(times["batchnorm"], times["ours"])}
+    print(f"{'training step, BatchNorm network':<34} {result['batchnorm_step_ms']:>11.2f} "
+          f"(/ the LRN network's, round by round: {result['batchnorm_ratio']:.2f})")
     peers = {}
     if reference is not None:
         result["torch_step_ms"] = common.median_ms(times["theirs"])
@@ -308,25 +320,28 @@ def main(argv=None):
 
     images, source = load_test_images(args.data_dir)
     images = images[:args.images]
-    start = time.perf_counter()
-    model.predict(images, batch_size=INFERENCE_BATCH)
-    result["images_per_s"] = len(images) / (time.perf_counter() - start)
-    text = (f"inference, {len(images):,} {source} (batch {INFERENCE_BATCH}): "
-            f"minialex {result['images_per_s']:,.0f} images/s")
+    passes = {"minialex": lambda: model.predict(images, batch_size=INFERENCE_BATCH)}
     if reference is not None:
         tensor = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(reference.device)
-        start = time.perf_counter()
-        for i in range(0, len(tensor), INFERENCE_BATCH):
-            reference.predict(tensor[i:i + INFERENCE_BATCH])
-        reference.synchronize()
-        result["torch_images_per_s"] = len(images) / (time.perf_counter() - start)
-        text += f", PyTorch {result['torch_images_per_s']:,.0f} images/s"
+
+        def torch_pass():
+            for i in range(0, len(tensor), INFERENCE_BATCH):
+                reference.predict(tensor[i:i + INFERENCE_BATCH])
+            reference.synchronize()
+        passes["PyTorch"] = torch_pass
     if keras_model is not None:
-        start = time.perf_counter()
-        keras_model.predict(images, INFERENCE_BATCH)
-        result["keras_images_per_s"] = len(images) / (time.perf_counter() - start)
-        text += f", Keras {result['keras_images_per_s']:,.0f} images/s"
-    print(text)
+        passes["Keras"] = lambda: keras_model.predict(images, INFERENCE_BATCH)
+    seconds = common.alternate(passes, args.inference_rounds, block=1, warmup=1)
+    keys = {"minialex": "images_per_s", "PyTorch": "torch_images_per_s", "Keras": "keras_images_per_s"}
+    text = []
+    for name, times in seconds.items():
+        result[keys[name]] = len(images) / statistics.median(times)
+        text.append(f"{name} {result[keys[name]]:,.0f} images/s")
+    if "Keras" in seconds:
+        result["keras_inference_ratio"] = common.blockwise_ratios(seconds["Keras"], seconds["minialex"], block=1)
+        text.append(f"minialex / Keras images/s, round by round: {result['keras_inference_ratio']:.2f}")
+    print(f"inference, {len(images):,} {source} (batch {INFERENCE_BATCH}, {args.inference_rounds} passes each, "
+          f"in turns): " + ", ".join(text))
     print(f"one epoch ({STEPS_PER_EPOCH} steps of {common.BATCH}) projected: {result['epoch_s']:.1f} s")
     print(f"load after the run: {common.machine_load():.2f}")
     print("\n".join(lines))
