@@ -46,20 +46,27 @@ ArraySpec = namedtuple("ArraySpec", "shape dtype strides")
 
 
 class Recorder(stand_in.CountingModule):
-    """The launch counter's stand-in for CuPy (NumPy underneath, nothing counted) that keeps the function
-    and arguments of every fused kernel (a ``backend.fuse`` function, or a kernel's NumPy half), arrays
-    as their ArraySpec."""
+    """The launch counter's stand-in for CuPy (NumPy underneath, nothing counted) that keeps what runs
+    as a kernel and its arguments (a ``backend.fuse`` function, or a ``kernels.Kernel``), arrays as their
+    ArraySpec."""
 
     def __init__(self):
         super().__init__()
         self.calls = []
 
+    def record(self, what, args):
+        self.calls.append((what, [ArraySpec(a.shape, a.dtype, a.strides) if isinstance(a, numpy.ndarray) else a
+                                  for a in args]))
+
     def fuse(self, function):
         def call(*args):
-            self.calls.append((function, [ArraySpec(a.shape, a.dtype, a.strides) if isinstance(a, numpy.ndarray)
-                                          else a for a in args]))
+            self.record(function, args)
             return function(*args)
         return call
+
+    def run_kernel(self, kernel, *args):
+        self.record(kernel, args)
+        return kernel.numpy_half(*args)
 
 
 def launched(dtype):
@@ -91,6 +98,12 @@ class DeviceArray(cupy.ndarray):
     def __cupy_override_elementwise_kernel__(self, kernel, *args, **kwargs):
         DeviceArray.written.append(Launch(kernel.name, *elementwise_source(kernel, args), kernel.operation))
 
+    def __matmul__(self, other):            # cuBLAS, not a kernel minialex writes: only its shape matters
+        return device_array(self.shape[:-1] + other.shape[-1:], self.dtype)
+
+    def sum(self, *args, **kwargs):         # CuPy's own reduction, not minialex's: likewise
+        return device_array((), self.dtype)
+
 
 def device_array(shape, dtype, strides=None):
     dtype = numpy.dtype(dtype)
@@ -115,7 +128,6 @@ class DeviceCupy:
 
 
 DEVICE_CUPY = DeviceCupy()
-NUMPY_HALVES = {kernel.numpy_half: kernel for kernel in vars(kernels).values() if isinstance(kernel, kernels.Kernel)}
 
 
 def cuda_sources(function, args):
@@ -123,8 +135,8 @@ def cuda_sources(function, args):
     ``backend.fuse`` function, as ``backend.fuse`` asks for it (every line of which CuPy writes)."""
     on_device = [device_array(*a) if isinstance(a, ArraySpec) else a for a in args]
     DeviceArray.written = []
-    if function in NUMPY_HALVES:
-        NUMPY_HALVES[function].cuda_half(DEVICE_CUPY, *on_device)
+    if isinstance(function, kernels.Kernel):
+        function.cuda_half(DEVICE_CUPY, *on_device)
         return DeviceArray.written
     cupy.fuse(function)(*on_device)
     return [launch._replace(ours="") for launch in DeviceArray.written]
@@ -268,7 +280,7 @@ def launches(request, nvrtc_ready):
 TUTORIAL_KERNELS = {   # minialex.kernels' (not BatchNormalization's: the network has none) and backend.fuse's
     "minialex_im2col", "minialex_col2im", "minialex_lrn", "minialex_lrn_backward", "minialex_max_pool",
     "minialex_max_pool_backward", "minialex_dropout", "minialex_softmax_cross_entropy", "minialex_adam",
-    "add_bias_relu", "relu_backward", "gradient",
+    "minialex_add_bias_relu", "relu_backward", "gradient",
 }
 
 
@@ -296,7 +308,7 @@ def lrn_launch(dtype, replace=("", "")):
     return launch
 
 
-MISTAKES = {   # (old, new) in the LRN kernel. test_kernels.py's C++ build accepts all but the typo, and
+MISTAKES = {   # (old, new) in the LRN kernel. cpp_kernels.py's C++ build accepts all but the typo, and
                # computes the right numbers: only NVRTC (and CuPy, for the typo) sees them
     "a host-only function": ("max(d - R, 0)", "std::max(d - R, 0)"),      # <algorithm>'s: not device code
     "a missing cast": ("pow(den, beta)", "pow(den, 0.75)"),     # float32: pow(float, double) is ambiguous in CUDA

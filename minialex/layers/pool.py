@@ -42,39 +42,45 @@ class MaxPool2D(Layer):
         (H, W), (PH, PW), (SH, SW) = x.shape[1:3], self.pool_size, self.strides
         return same_padding(H, PH, SH), same_padding(W, PW, SW)
 
-    def _pad(self, x):
-        """x with its 'same' padding of -inf (x itself for 'valid')."""
-        if self.padding == "valid":
-            return x
-        xp = backend.get_array_module(x)
-        pad_h, pad_w = self._pads(x)
-        return xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)), constant_values=-xp.inf)
-
     def forward(self, x, training=False):
         x = self._prepare(x)
         OH, OW, _ = self.compute_output_shape(x.shape[1:])
-        (PH, PW), (SH, SW) = self.pool_size, self.strides
-        if backend.on_cpu(x):
-            column_max = max_over_taps(self._pad(x), axis=1, size=PH, stride=SH, length=OH)   # (N, OH, Wp, C)
-            y = max_over_taps(column_max, axis=2, size=PW, stride=SW, length=OW)             # (N, OH, OW, C)
-        else:   # a GPU: one kernel
-            column_max = None
-            y = kernels.max_pool(x, self.pool_size, self.strides, self._pads(x), (OH, OW))
+        y, column_max = max_pool(x, self.pool_size, self.strides, self._pads(x), (OH, OW))
         if training:
             self._x, self._column_max, self._y = x, column_max, y
         return y
 
     def backward(self, dout, input_grad=True):
-        (PH, PW), (SH, SW) = self.pool_size, self.strides
-        x, column_max, y = self._x, self._column_max, self._y
-        OH, OW = y.shape[1:3]
-        if backend.on_cpu(dout):
-            dcolumn_max = route_to_first_max(dout, column_max, y, axis=2, size=PW, stride=SW, length=OW)
-            dxpad = route_to_first_max(dcolumn_max, self._pad(x), column_max, axis=1, size=PH, stride=SH, length=OH)
-            (top, _), (left, _) = self._pads(x)
-            return dxpad[:, top:top + x.shape[1], left:left + x.shape[2], :]
-        # a GPU: one kernel
-        return kernels.max_pool_backward(dout, x, y, self.pool_size, self.strides, self._pads(x), (OH, OW))
+        x, y = self._x, self._y
+        return max_pool_backward(dout, x, self._column_max, y, self.pool_size, self.strides, self._pads(x),
+                                 y.shape[1:3])
+
+
+def pad_with_minus_infinity(x, pads):
+    """x with ``pads`` = ((top, bottom), (left, right)) rows and columns of -inf around it (x itself if none)."""
+    if not any(map(any, pads)):
+        return x
+    xp = backend.get_array_module(x)
+    return xp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-xp.inf)
+
+
+@kernels.gpu(kernels.max_pool_cuda)
+def max_pool(x, pool_size, strides, pads, out_size):
+    """(y, column_max): the maxima of the windows' columns first (N, OH, Wp, C), then across them."""
+    (PH, PW), (SH, SW), (OH, OW) = pool_size, strides, out_size
+    column_max = max_over_taps(pad_with_minus_infinity(x, pads), axis=1, size=PH, stride=SH, length=OH)
+    return max_over_taps(column_max, axis=2, size=PW, stride=SW, length=OW), column_max
+
+
+@kernels.gpu(kernels.max_pool_backward_cuda)
+def max_pool_backward(dout, x, column_max, y, pool_size, strides, pads, out_size):
+    """dx: each dout to the first column whose maximum won, then to the first row of it that holds it."""
+    (PH, PW), (SH, SW), (OH, OW) = pool_size, strides, out_size
+    dcolumn_max = route_to_first_max(dout, column_max, y, axis=2, size=PW, stride=SW, length=OW)
+    dxpad = route_to_first_max(dcolumn_max, pad_with_minus_infinity(x, pads), column_max, axis=1, size=PH,
+                               stride=SH, length=OH)
+    (top, _), (left, _) = pads
+    return dxpad[:, top:top + x.shape[1], left:left + x.shape[2], :]
 
 
 def taps(ndim, axis, size, stride, length):
