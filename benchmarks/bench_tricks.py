@@ -10,6 +10,7 @@ both over the layers where the trick applies (e.g. all five convolutions):
     LRN's band matrix     against a loop over the window, 2r + 1 shifted slice-adds
     power() by roots      against den ** beta
     max-pool's separable taps  against the max over all PH*PW taps of the window at once
+    max-pool's routing in place  against routing from zeros, adding each tap's share (disjoint windows)
 
 The twins loop in Python over images, so the conv, pool, dense and loss twins run on a slice of
 TWIN_IMAGES images and their time is scaled to the batch (a loop's time grows with the images it
@@ -48,11 +49,12 @@ from minialex import backend, naive  # noqa: E402
 from minialex.layers import Conv2D, Dense, LocalResponseNorm, MaxPool2D  # noqa: E402
 from minialex.layers.base import same_padding  # noqa: E402
 from minialex.layers.conv import col2im, col2im_by_taps, im2col  # noqa: E402
-from minialex.layers.lrn import power  # noqa: E402
-from minialex.layers.pool import max_over_taps  # noqa: E402
+from minialex.layers.lrn import power, window_sum  # noqa: E402
+from minialex.layers.pool import max_over_taps, max_pool, route_by_adding, route_in_place  # noqa: E402
 from minialex.losses import SoftmaxCrossEntropy  # noqa: E402
 
 TWIN_IMAGES = 1
+NO_PADS = ((0, 0), (0, 0))       # for im2col of an input padded already
 
 
 @dataclass
@@ -193,15 +195,6 @@ def window_sum_by_shifts(values, depth_radius, weight):
     return total
 
 
-def window_sum_by_band(layer, values, weight):
-    """The layer's way: one (pixels, C) @ (C, C) product with weight * B."""
-    xp = backend.get_array_module(values)
-    channels = values.shape[-1]
-    band = weight * (xp.abs(xp.arange(channels)[:, None] - xp.arange(channels)[None, :]) <= layer.depth_radius)
-    band = band.astype(values.dtype)
-    return lambda: (values.reshape(-1, channels) @ band).reshape(values.shape)
-
-
 def max_over_all_taps(x, pool_size, strides, out_size):
     """y = max over the PH*PW strided views of x at once (the window's taps, not separated)."""
     xp = backend.get_array_module(x)
@@ -239,7 +232,7 @@ def trick_comparisons(net):
         geometry[layer.name] = dict(
             xpad=xpad, pads=pads, out=layer.output_shape[:2], kernel=kernel,
             matrix=kernel.reshape(-1, layer.filters), dz=net.grads[layer.name].reshape(-1, layer.filters),
-            cols=im2col(xpad, layer.kernel_size, layer.strides, layer.output_shape[:2]))
+            cols=im2col(xpad, NO_PADS, layer.kernel_size, layer.strides, layer.output_shape[:2]))
 
     with_dx = [c for c in convs if net.needs_input_grad(c)]
 
@@ -260,7 +253,6 @@ def trick_comparisons(net):
     first = convs[0]
     s0 = geometry[first.name]
     squares = {n.name: net.inputs[n.name] * net.inputs[n.name] for n in lrns}
-    band = [window_sum_by_band(n, squares[n.name], n.alpha) for n in lrns]
     dens = {n.name: window_sum_by_shifts(squares[n.name], n.depth_radius, n.alpha) + n.bias for n in lrns}
 
     def separable(p):
@@ -269,14 +261,25 @@ def trick_comparisons(net):
         return max_over_taps(max_over_taps(x, axis=1, size=ph, stride=sh, length=oh), axis=2, size=pw, stride=sw,
                              length=ow)
 
+    disjoint = [p for p in pools if p.padding == "valid" and all(s >= k for s, k in zip(p.strides, p.pool_size))]
+    passes = {p.name: max_pool(net.inputs[p.name], p.pool_size, p.strides, NO_PADS, p.output_shape[:2])
+              for p in disjoint}
+
+    def two_passes(route, p):
+        """dx of pool p through ``route``: across the columns' maxima, then down each column."""
+        x, (y, column_max) = net.inputs[p.name], passes[p.name]
+        (ph, pw), (sh, sw), (oh, ow) = p.pool_size, p.strides, p.output_shape[:2]
+        dcolumn_max = route(net.grads[p.name], column_max, y, axis=2, size=pw, stride=sw, length=ow)
+        return route(dcolumn_max, x, column_max, axis=1, size=ph, stride=sh, length=oh)
+
     out = [
         Comparison(f"first conv's im2col (C = {first.input_shape[-1]}): the C == 1 branch vs the general one",
-                   "conv2d", lambda: im2col(s0["xpad"], first.kernel_size, first.strides, s0["out"]),
+                   "conv2d", lambda: im2col(s0["xpad"], NO_PADS, first.kernel_size, first.strides, s0["out"]),
                    lambda: general_im2col(s0["xpad"], first.kernel_size, first.strides, s0["out"])),
         Comparison("conv dx: col2im by taps vs dcols = dz @ K^T, then col2im", f"{len(with_dx)} conv",
                    by_taps, via_dcols),
         Comparison("LRN window sum: band-matrix product vs a loop over the window", f"{len(lrns)} LRN",
-                   lambda: [sum_() for sum_ in band],
+                   lambda: [window_sum(squares[n.name], n.depth_radius, n.alpha) for n in lrns],
                    lambda: [window_sum_by_shifts(squares[n.name], n.depth_radius, n.alpha) for n in lrns]),
         Comparison("LRN den^beta (beta 0.75): power() by square roots vs den ** beta", f"{len(lrns)} LRN",
                    lambda: [power(dens[n.name], n.beta) for n in lrns],
@@ -289,6 +292,9 @@ def trick_comparisons(net):
                    f"{len(pools)} pool", lambda: [p.backward(net.grads[p.name]) for p in pools],
                    lambda: [route_over_all_taps(net.grads[p.name], net.inputs[p.name], separable(p), p.pool_size,
                                                 p.strides) for p in pools]),
+        Comparison("max-pool routing, disjoint windows: in place (parked in the next tap) vs from zeros, adding",
+                   f"{len(disjoint)} pool", lambda: [two_passes(route_in_place, p) for p in disjoint],
+                   lambda: [two_passes(route_by_adding, p) for p in disjoint]),
     ]
     return out
 

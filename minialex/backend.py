@@ -173,8 +173,9 @@ def using_module(module, name: str):
     ``name``, and ``get_array_module`` returns ``module`` for arrays of its type ``module.ndarray``.
 
     ``name`` should be neither 'numpy' nor 'cupy': code then takes its GPU path (``on_cpu`` is false
-    for the stand-in's arrays), asks ``module.fuse`` for what ``backend.fuse`` and ``minialex.kernels``
-    fuse, and runs it on the CPU. The launch counter (``minialex.stand_in``) is such a module:
+    for the stand-in's arrays), asks ``module.fuse(function)`` for what ``backend.fuse`` fuses and
+    ``module.run_kernel(kernel, *args)`` for a ``minialex.kernels.Kernel``, and runs them on the CPU.
+    The launch counter (``minialex.stand_in``) is such a module:
     NumPy arrays that count what CuPy would launch. On exit the previous backend comes back. Yields
     ``module``.
     """
@@ -188,7 +189,7 @@ def using_module(module, name: str):
 
 def on_cpu(*arrays) -> bool:
     """True if the arrays are NumPy's. Where a GPU path differs from the CPU's (one fused kernel where
-    NumPy takes several steps: ``minialex.kernels``), code asks this to choose."""
+    NumPy takes several steps), ``minialex.kernels.Kernel`` asks this to choose."""
     return get_array_module(*arrays) is numpy
 
 

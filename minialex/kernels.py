@@ -1,36 +1,43 @@
-"""Fused GPU kernels: one CUDA kernel each where NumPy takes several steps, each beside its NumPy half.
+"""The GPU halves: what a GPU runs in place of a layer's CPU code, one CUDA kernel where NumPy takes several steps.
 
 On a GPU every array operation is a kernel launch, and the host spends roughly 10 microseconds on
 each: for a network this small that, not the arithmetic, sets the time of a step
-(``benchmarks/launch_count.py`` counts them). So where a layer's NumPy code takes several steps, its
-GPU path calls one of these instead (``backend.on_cpu(x)`` chooses; the CPU path stays as it is).
+(``benchmarks/launch_count.py`` counts them). So where a layer's NumPy code takes several steps, that
+code is written as a function of its own in the layer's module, its *NumPy half*, and marked with
+the CUDA half that replaces it on a GPU::
 
-Each kernel has two halves, called with the same arguments:
+    @kernels.gpu(kernels.lrn_cuda)
+    def lrn(x, depth_radius, bias, alpha, beta):
+        ...                                  # the CPU's code: what the layer runs on NumPy
 
-- its *NumPy half* (``im2col_numpy``, ``lrn_numpy``, ...): the same maths in plain NumPy, written to be
-  read (not for speed); tests hold it equal to the layer's CPU path, and the CUDA half to it;
-- its CUDA half: a ``cupy.ElementwiseKernel``, C++ for ONE output element that CuPy runs once per
-  element (``i`` is the element's flat index; ``raw`` arrays are read at any flat index). Without a
-  GPU, tests/test_nvrtc.py has NVRTC compile the source CuPy writes for it.
+The call then dispatches on its first argument's array module: NumPy runs the NumPy half, the very
+code of the CPU's training step; CuPy runs the CUDA half, called with the cupy module in front of the
+same arguments, returning the same values (where the NumPy half returns something only the CPU's
+backward uses, the CUDA half returns None in its place); another module (``minialex.stand_in``,
+CuPy's stand-in on the CPU) runs the NumPy half as the ``launches`` launches the CUDA half makes.
+There is ONE CPU copy of each formula: the layer's.
 
-On NumPy a kernel runs its NumPy half; on CuPy its CUDA half, exactly one launch; on another array
-module (the launch counter's stand-in) its NumPy half, counted as one launch. Simple elementwise
-chains need no hand-written kernel: ``backend.fuse`` compiles the NumPy lines themselves with
-``cupy.fuse``.
+This file holds the CUDA halves. Each is a ``cupy.ElementwiseKernel``: C++ for ONE output element
+that CuPy runs once per element (``i`` is the element's flat index; ``raw`` arrays are read at any
+flat index), or two CuPy reductions (``cupy.ReductionKernel``), and where a matrix product comes
+first, that product (cuBLAS) and the kernel. tests/test_kernels.py holds every CUDA half equal to
+its NumPy half: on a GPU, and everywhere as its C++ compiled for the CPU; tests/test_nvrtc.py has
+NVRTC compile the source CuPy writes for it. Simple elementwise chains need no hand-written kernel:
+``backend.fuse`` compiles the NumPy lines themselves with ``cupy.fuse``.
 """
 from __future__ import annotations
 
 import functools
-import math
 
 from . import backend
 
 
 class Kernel:
-    """A GPU kernel: its NumPy half (``numpy_half(*args)``) and its CUDA half (``cuda_half(cupy, *args)``)."""
+    """A function with two halves, called with the same arguments: ``numpy_half(*args)``, the CPU's code,
+    and ``cuda_half(cupy, *args)``, which makes ``launches`` launches on a GPU."""
 
-    def __init__(self, numpy_half, cuda_half):
-        self.numpy_half, self.cuda_half = numpy_half, cuda_half
+    def __init__(self, numpy_half, cuda_half, launches=1):
+        self.numpy_half, self.cuda_half, self.launches = numpy_half, cuda_half, launches
         functools.update_wrapper(self, numpy_half)
 
     def __call__(self, *args, **kwargs):
@@ -39,7 +46,12 @@ class Kernel:
         module = backend.get_array_module(args[0])
         if module.__name__ == "cupy":
             return self.cuda_half(module, *args, **kwargs)
-        return module.fuse(self.numpy_half)(*args, **kwargs)
+        return module.run_kernel(self, *args, **kwargs)
+
+
+def gpu(cuda_half, launches=1):
+    """Decorator: the function below is the CPU's code (the NumPy half); on a GPU ``cuda_half`` runs instead."""
+    return lambda numpy_half: Kernel(numpy_half, cuda_half, launches)
 
 
 _compiled: dict = {}
@@ -54,22 +66,19 @@ def _elementwise(cupy, source):
     return _compiled[key]
 
 
-def _pad_spec(pads):
-    """np.pad's widths for (N, H, W, C) images padded by pads = ((top, bottom), (left, right))."""
-    return ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0))
+def _reduction(cupy, source):
+    """``cupy.ReductionKernel`` for ``source`` = (name, in_params, out_params, map, reduce, post_map, identity),
+    made once: for each output, ``a`` starts at identity and takes ``reduce`` of itself and ``b``, the
+    map of one input element, over the reduced axis; post_map writes the result."""
+    key = (cupy, source[0])
+    if key not in _compiled:
+        name, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity = source
+        _compiled[key] = cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map_expr,
+                                              identity, "minialex_" + name)
+    return _compiled[key]
 
 
-# ---- Conv2D: im2col with its padding, col2im cropped ---------------------------------------------
-
-def im2col_numpy(x, pads, kernel_size, strides, out_size):
-    """cols[(n, oh, ow), (i, j, c)] = xpad[n, oh*SH + i, ow*SW + j, c], xpad = x with ``pads`` zeros
-    (conv.im2col of the padded input: the same matrix)."""
-    xp = backend.get_array_module(x)
-    (KH, KW), (SH, SW), (OH, OW) = kernel_size, strides, out_size
-    xpad = xp.pad(x, _pad_spec(pads))
-    taps = [xpad[:, i:i + SH * OH:SH, j:j + SW * OW:SW, :] for i in range(KH) for j in range(KW)]
-    return xp.stack(taps, axis=3).reshape(x.shape[0] * OH * OW, -1)       # (N, OH, OW, tap, C) rows
-
+# ---- Conv2D (minialex/layers/conv.py): im2col with its padding; col2im of dz @ K^T, cropped ----------
 
 IM2COL = ("im2col", "raw T x, int32 H, int32 W, int32 C, int32 KH, int32 KW, int32 SH, int32 SW, "
           "int32 OH, int32 OW, int32 top, int32 left", "T cols", """
@@ -84,27 +93,12 @@ IM2COL = ("im2col", "raw T x, int32 H, int32 W, int32 C, int32 KH, int32 KW, int
 """)
 
 
-def _im2col_cuda(cupy, x, pads, kernel_size, strides, out_size):
+def im2col_cuda(cupy, x, pads, kernel_size, strides, out_size):
     N, H, W, C = x.shape
     (KH, KW), (SH, SW), (OH, OW) = kernel_size, strides, out_size
     cols = cupy.empty((N * OH * OW, KH * KW * C), dtype=x.dtype)
     _elementwise(cupy, IM2COL)(x, H, W, C, KH, KW, SH, SW, OH, OW, pads[0][0], pads[1][0], cols)
     return cols
-
-
-im2col = Kernel(im2col_numpy, _im2col_cuda)
-
-
-def col2im_numpy(dcols, input_shape, pads, kernel_size, strides, out_size):
-    """im2col's adjoint, cropped to the input: each input pixel gets the sum of the entries of dcols
-    that im2col copied it into. Written as just that: im2col of the pixels' numbers (1, 2, ...; the
-    padding's zeros are 0), then dcols summed by number."""
-    xp = backend.get_array_module(dcols)
-    size = math.prod(input_shape)
-    numbers = xp.arange(1, size + 1).reshape(input_shape)
-    copied_from = im2col_numpy(numbers, pads, kernel_size, strides, out_size)
-    sums = xp.bincount(copied_from.ravel(), weights=dcols.ravel(), minlength=size + 1)
-    return sums[1:].reshape(input_shape).astype(dcols.dtype)
 
 
 COL2IM = ("col2im", "raw T dcols, int32 H, int32 W, int32 C, int32 KH, int32 KW, int32 SH, int32 SW, "
@@ -126,32 +120,18 @@ COL2IM = ("col2im", "raw T dcols, int32 H, int32 W, int32 C, int32 KH, int32 KW,
 """)
 
 
-def _col2im_cuda(cupy, dcols, input_shape, pads, kernel_size, strides, out_size):
-    N, H, W, C = input_shape
-    (KH, KW), (SH, SW), (OH, OW) = kernel_size, strides, out_size
-    dx = cupy.empty(input_shape, dtype=dcols.dtype)
+def col2im_by_taps_cuda(cupy, dz, kernel, input_shape, pads, strides, out_size):
+    """dx = col2im(dcols) cropped to the input, dcols = dz @ K^T: one product, then one kernel."""
+    KH, KW, C, F = kernel.shape
+    N, H, W, _ = input_shape
+    (SH, SW), (OH, OW) = strides, out_size
+    dcols = dz @ kernel.reshape(-1, F).T
+    dx = cupy.empty(input_shape, dtype=dz.dtype)
     _elementwise(cupy, COL2IM)(dcols, H, W, C, KH, KW, SH, SW, OH, OW, pads[0][0], pads[1][0], dx)
     return dx
 
 
-col2im = Kernel(col2im_numpy, _col2im_cuda)
-
-
-# ---- LocalResponseNorm ------------------------------------------------------------------------
-
-def _window_sums(values, depth_radius):
-    """sum_{k = d - r}^{d + r} values[..., k] for each channel d (the window clipped at the edges)."""
-    xp = backend.get_array_module(values)
-    channels, r = values.shape[-1], depth_radius
-    padded = xp.pad(values, [(0, 0)] * (values.ndim - 1) + [(r, r)])
-    return sum(padded[..., k:k + channels] for k in range(2 * r + 1))
-
-
-def lrn_numpy(x, depth_radius, bias, alpha, beta):
-    """(y, den): den = bias + alpha * (sum of x^2 over the channel window), y = x / den^beta."""
-    den = bias + alpha * _window_sums(x * x, depth_radius)
-    return x / den ** beta, den
-
+# ---- LocalResponseNorm (minialex/layers/lrn.py) ---------------------------------------------------
 
 LRN = ("lrn", "raw T x, int32 C, int32 R, T bias, T alpha, T beta", "T y, T den", """
     const int d = i % C;
@@ -163,18 +143,11 @@ LRN = ("lrn", "raw T x, int32 C, int32 R, T bias, T alpha, T beta", "T y, T den"
 """)
 
 
-def _lrn_cuda(cupy, x, depth_radius, bias, alpha, beta):
+def lrn_cuda(cupy, x, depth_radius, bias, alpha, beta):
+    """(y, den, None): the backward kernel recomputes den^beta."""
     y, den = cupy.empty_like(x), cupy.empty_like(x)
     _elementwise(cupy, LRN)(x, x.shape[-1], depth_radius, bias, alpha, beta, y, den)
-    return y, den
-
-
-lrn = Kernel(lrn_numpy, _lrn_cuda)
-
-
-def lrn_backward_numpy(dout, x, y, den, depth_radius, alpha, beta):
-    """dx = dout / den^beta - 2 alpha beta x * (sum over the channel window of dout * y / den)."""
-    return dout / den ** beta - 2.0 * alpha * beta * x * _window_sums(dout * y / den, depth_radius)
+    return y, den, None
 
 
 LRN_BACKWARD = ("lrn_backward", "raw T dout, raw T x, raw T y, raw T den, int32 C, int32 R, T alpha, T beta",
@@ -187,32 +160,13 @@ LRN_BACKWARD = ("lrn_backward", "raw T dout, raw T x, raw T y, raw T den, int32 
 """)
 
 
-def _lrn_backward_cuda(cupy, dout, x, y, den, depth_radius, alpha, beta):
+def lrn_backward_cuda(cupy, dout, x, y, den, den_beta, depth_radius, alpha, beta):
     dx = cupy.empty(x.shape, dtype=x.dtype)
     _elementwise(cupy, LRN_BACKWARD)(dout, x, y, den, x.shape[-1], depth_radius, alpha, beta, dx)
     return dx
 
 
-lrn_backward = Kernel(lrn_backward_numpy, _lrn_backward_cuda)
-
-
-# ---- MaxPool2D ----------------------------------------------------------------------------------
-
-def _pool_taps(xpad, pool_size, strides, out_size):
-    """[(index, view)] of each tap (i, j) of every window, column by column (j), top to bottom (i)."""
-    (PH, PW), (SH, SW), (OH, OW) = pool_size, strides, out_size
-    for j in range(PW):
-        for i in range(PH):
-            index = (slice(None), slice(i, i + SH * OH, SH), slice(j, j + SW * OW, SW))
-            yield index, xpad[index]
-
-
-def max_pool_numpy(x, pool_size, strides, pads, out_size):
-    """y[n, oh, ow, c] = max over the window's taps; padding (-inf) never wins."""
-    xp = backend.get_array_module(x)
-    xpad = xp.pad(x, _pad_spec(pads), constant_values=-xp.inf)
-    return xp.stack([view for _, view in _pool_taps(xpad, pool_size, strides, out_size)]).max(axis=0)
-
+# ---- MaxPool2D (minialex/layers/pool.py) ----------------------------------------------------------
 
 MAX_POOL = ("max_pool", "raw T x, int32 H, int32 W, int32 C, int32 PH, int32 PW, int32 SH, int32 SW, "
             "int32 OH, int32 OW, int32 top, int32 left", "T y", """
@@ -234,29 +188,12 @@ MAX_POOL = ("max_pool", "raw T x, int32 H, int32 W, int32 C, int32 PH, int32 PW,
 """)
 
 
-def _max_pool_cuda(cupy, x, pool_size, strides, pads, out_size):
+def max_pool_cuda(cupy, x, pool_size, strides, pads, out_size):
+    """(y, None): the backward kernel reads x itself, not the first pass's column maxima."""
     N, H, W, C = x.shape
     y = cupy.empty((N,) + tuple(out_size) + (C,), dtype=x.dtype)
     _elementwise(cupy, MAX_POOL)(x, H, W, C, *pool_size, *strides, *out_size, pads[0][0], pads[1][0], y)
-    return y
-
-
-max_pool = Kernel(max_pool_numpy, _max_pool_cuda)
-
-
-def max_pool_backward_numpy(dout, x, y, pool_size, strides, pads, out_size):
-    """Each dout goes to its window's FIRST maximum, taps taken column by column (left to right), top
-    to bottom within a column: the rule of MaxPool2D's two passes. Overlapping windows add up."""
-    xp = backend.get_array_module(dout)
-    (top, _), (left, _) = pads
-    xpad = xp.pad(x, _pad_spec(pads), constant_values=-xp.inf)
-    dxpad = xp.zeros(xpad.shape, dtype=dout.dtype)
-    remaining = dout                                       # what no earlier tap has taken
-    for index, view in _pool_taps(xpad, pool_size, strides, out_size):
-        taken = remaining * (view == y)
-        dxpad[index] += taken
-        remaining = remaining - taken
-    return dxpad[:, top:top + x.shape[1], left:left + x.shape[2], :]
+    return y, None
 
 
 MAX_POOL_BACKWARD = ("max_pool_backward", "raw T dout, raw T x, raw T y, int32 H, int32 W, int32 C, int32 PH, "
@@ -290,7 +227,7 @@ MAX_POOL_BACKWARD = ("max_pool_backward", "raw T dout, raw T x, raw T y, int32 H
 """)
 
 
-def _max_pool_backward_cuda(cupy, dout, x, y, pool_size, strides, pads, out_size):
+def max_pool_backward_cuda(cupy, dout, x, column_max, y, pool_size, strides, pads, out_size):
     N, H, W, C = x.shape
     dx = cupy.empty(x.shape, dtype=dout.dtype)
     _elementwise(cupy, MAX_POOL_BACKWARD)(dout, x, y, H, W, C, *pool_size, *strides, *out_size,
@@ -298,16 +235,7 @@ def _max_pool_backward_cuda(cupy, dout, x, y, pool_size, strides, pads, out_size
     return dx
 
 
-max_pool_backward = Kernel(max_pool_backward_numpy, _max_pool_backward_cuda)
-
-
-# ---- Dropout ------------------------------------------------------------------------------------
-
-def dropout_numpy(x, rate, rng):
-    """(y, mask): mask = [u >= rate] / (1 - rate) from the generator's next draws u, and y = x * mask."""
-    mask = (rng.random(x.shape, x.dtype, like=x) >= rate).astype(x.dtype) * (1.0 / (1.0 - rate))
-    return x * mask, mask
-
+# ---- Dropout (minialex/layers/dropout.py) ---------------------------------------------------------
 
 DROPOUT = ("dropout", "T x, uint64 start, T rate, T scale", "T y, T mask", """
     unsigned long long z = start + (unsigned long long)i * 0x9E3779B97F4A7C15ull;   // SplitMix64
@@ -321,24 +249,27 @@ DROPOUT = ("dropout", "T x, uint64 start, T rate, T scale", "T y, T mask", """
 """)
 
 
-def _dropout_cuda(cupy, x, rate, rng):
+def dropout_cuda(cupy, x, rate, rng):
+    """The generator's next draws made on the device: ``rng.reserve`` gives where they start."""
     y, mask = cupy.empty_like(x), cupy.empty_like(x)
     _elementwise(cupy, DROPOUT)(x, cupy.uint64(rng.reserve(x.shape)), rate, 1.0 / (1.0 - rate), y, mask)
     return y, mask
 
 
-dropout = Kernel(dropout_numpy, _dropout_cuda)
+# ---- Dense's and Conv2D's bias and ReLU (minialex/layers/activations.py) ----------------------------
+
+ADD_BIAS_RELU = ("add_bias_relu", "T bias", "T product", """
+    const T z = product + bias;
+    product = (z > (T)0 || z != z) ? z : (T)0;             // NaN stays, as np.maximum
+""")
 
 
-# ---- the loss: softmax cross-entropy --------------------------------------------------------------
+def add_bias_relu_cuda(cupy, product, bias):
+    _elementwise(cupy, ADD_BIAS_RELU)(bias, product)
+    return product
 
-def softmax_cross_entropy_numpy(logits, targets):
-    """(each row's loss / N, probabilities) of softmax cross-entropy: the mean loss is their sum."""
-    xp = backend.get_array_module(logits)
-    log_probs = logits - logits.max(axis=1, keepdims=True)
-    log_probs -= xp.log(xp.exp(log_probs).sum(axis=1, keepdims=True))
-    return -(targets * log_probs).sum(axis=1) / logits.shape[0], xp.exp(log_probs)
 
+# ---- the loss: softmax cross-entropy (minialex/losses.py) -----------------------------------------
 
 SOFTMAX_CROSS_ENTROPY = ("softmax_cross_entropy", "raw T z, raw T t, int32 K, T inv_n", "T row_loss, raw T probs", """
     const ptrdiff_t row = i * K;                           // one row (sample) per element of row_loss
@@ -357,26 +288,16 @@ SOFTMAX_CROSS_ENTROPY = ("softmax_cross_entropy", "raw T z, raw T t, int32 K, T 
 """)
 
 
-def _softmax_cross_entropy_cuda(cupy, logits, targets):
+def softmax_cross_entropy_cuda(cupy, logits, targets):
+    """(mean loss, probabilities): one kernel for each row's loss / N and probabilities, then their sum."""
     N, K = logits.shape
     row_losses = cupy.empty(N, dtype=logits.dtype)
     probs = cupy.empty((N, K), dtype=logits.dtype)
     _elementwise(cupy, SOFTMAX_CROSS_ENTROPY)(logits, targets, K, 1.0 / N, row_losses, probs)
-    return row_losses, probs
+    return row_losses.sum(), probs
 
 
-softmax_cross_entropy = Kernel(softmax_cross_entropy_numpy, _softmax_cross_entropy_cuda)
-
-
-# ---- Adam over the flat buffer ------------------------------------------------------------------
-
-def adam_numpy(param, grad, m, v, alpha, beta_1, beta_2, epsilon):
-    """Keras's Adam step, in place: m, v move towards g, g^2; p -= alpha_t * m / (sqrt(v) + epsilon)."""
-    xp = backend.get_array_module(param)
-    m += (1.0 - beta_1) * (grad - m)
-    v += (1.0 - beta_2) * (grad * grad - v)
-    param -= alpha * m / (xp.sqrt(v) + epsilon)
-
+# ---- Adam over the flat buffer (minialex/optimizers.py) ---------------------------------------------
 
 ADAM = ("adam", "T grad, T alpha, T one_minus_beta_1, T one_minus_beta_2, T epsilon", "T param, T m, T v", """
     m += one_minus_beta_1 * (grad - m);
@@ -385,49 +306,22 @@ ADAM = ("adam", "T grad, T alpha, T one_minus_beta_1, T one_minus_beta_2, T epsi
 """)
 
 
-def _adam_cuda(cupy, param, grad, m, v, alpha, beta_1, beta_2, epsilon):
+def adam_cuda(cupy, param, grad, m, v, scratch, alpha, beta_1, beta_2, epsilon):
+    """In place, in one kernel (no scratch needed: each element's lines run in registers)."""
     _elementwise(cupy, ADAM)(grad, alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon, param, m, v)
 
 
-adam = Kernel(adam_numpy, _adam_cuda)
-
-
-# ---- BatchNormalization: sums over the rows (CuPy reductions) and fused elementwise kernels ----------
-
-def _reduction(cupy, source):
-    """``cupy.ReductionKernel`` for ``source`` = (name, in_params, out_params, map, reduce, post_map, identity),
-    made once: for each output, ``a`` starts at identity and takes ``reduce`` of itself and ``b``, the
-    map of one input element, over the reduced axis; post_map writes the result."""
-    key = (cupy, source[0])
-    if key not in _compiled:
-        name, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity = source
-        _compiled[key] = cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map_expr,
-                                              identity, "minialex_" + name)
-    return _compiled[key]
-
-
-def batchnorm_variance_numpy(rows, mean):
-    """The batch's (biased) variance of each column: (1/M) sum over the M rows of (rows - mean)^2."""
-    return ((rows - mean) ** 2).mean(axis=0)
-
+# ---- BatchNormalization (minialex/layers/batchnorm.py) -----------------------------------------------
 
 BATCHNORM_VARIANCE = ("batchnorm_variance", "T x, T mean, T inv_m", "T variance",
                       "(x - mean) * (x - mean)", "a + b", "variance = inv_m * a", "0")
 
 
-def _batchnorm_variance_cuda(cupy, rows, mean):
-    return _reduction(cupy, BATCHNORM_VARIANCE)(rows, mean.reshape(1, -1), 1.0 / rows.shape[0], axis=0)
-
-
-batchnorm_variance = Kernel(batchnorm_variance_numpy, _batchnorm_variance_cuda)
-
-
-def batchnorm_normalize_numpy(rows, mean, variance, gamma, beta, epsilon):
-    """(y, xhat): xhat = (rows - mean) / sqrt(variance + epsilon) and y = gamma * xhat + beta, column by
-    column (gamma and beta may be the numbers 1 and 0)."""
-    xp = backend.get_array_module(rows)
-    xhat = (rows - mean) / xp.sqrt(variance + epsilon)
-    return gamma * xhat + beta, xhat
+def batchnorm_statistics_cuda(cupy, rows):
+    """(mean, variance) of each column: two reductions."""
+    mean = rows.mean(axis=0)
+    variance = _reduction(cupy, BATCHNORM_VARIANCE)(rows, mean.reshape(1, -1), 1.0 / rows.shape[0], axis=0)
+    return mean, variance
 
 
 BATCHNORM_NORMALIZE = ("batchnorm_normalize", "T x, T mean, T variance, T gamma, T beta, T epsilon", "T y, T xhat", """
@@ -436,20 +330,21 @@ BATCHNORM_NORMALIZE = ("batchnorm_normalize", "T x, T mean, T variance, T gamma,
 """)
 
 
-def _batchnorm_normalize_cuda(cupy, rows, mean, variance, gamma, beta, epsilon):
+def batchnorm_normalize_cuda(cupy, rows, mean, variance, gamma, beta, epsilon):
     y, xhat = cupy.empty_like(rows), cupy.empty_like(rows)
     _elementwise(cupy, BATCHNORM_NORMALIZE)(rows, mean, variance, gamma, beta, epsilon, y, xhat)
     return y, xhat
 
 
-batchnorm_normalize = Kernel(batchnorm_normalize_numpy, _batchnorm_normalize_cuda)
+BATCHNORM_INFERENCE = ("batchnorm_inference", "T x, T mean, T variance, T gamma, T beta, T epsilon", "T y", """
+    y = (x - mean) * (gamma / sqrt(variance + epsilon)) + beta;
+""")
 
 
-def batchnorm_moving_average_numpy(mean, variance, momentum, moving_mean, moving_variance):
-    """In place: moving = momentum * moving + (1 - momentum) * the batch's, for the mean and the variance."""
-    for moving, batch in ((moving_mean, mean), (moving_variance, variance)):
-        moving *= momentum
-        moving += (1.0 - momentum) * batch
+def batchnorm_inference_cuda(cupy, rows, moving_mean, moving_variance, gamma, beta, epsilon):
+    y = cupy.empty_like(rows)
+    _elementwise(cupy, BATCHNORM_INFERENCE)(rows, moving_mean, moving_variance, gamma, beta, epsilon, y)
+    return y
 
 
 BATCHNORM_MOVING_AVERAGE = ("batchnorm_moving_average", "T mean, T variance, T momentum, T one_minus_momentum",
@@ -459,34 +354,20 @@ BATCHNORM_MOVING_AVERAGE = ("batchnorm_moving_average", "T mean, T variance, T m
 """)
 
 
-def _batchnorm_moving_average_cuda(cupy, mean, variance, momentum, moving_mean, moving_variance):
+def batchnorm_moving_average_cuda(cupy, mean, variance, momentum, moving_mean, moving_variance):
     _elementwise(cupy, BATCHNORM_MOVING_AVERAGE)(mean, variance, momentum, 1.0 - momentum, moving_mean,
                                                  moving_variance)
-
-
-batchnorm_moving_average = Kernel(batchnorm_moving_average_numpy, _batchnorm_moving_average_cuda)
-
-
-def batchnorm_dgamma_numpy(dout, xhat, out=None):
-    """d gamma = the sum over the rows of dout * xhat (into ``out`` if given)."""
-    return (dout * xhat).sum(axis=0, out=out)
 
 
 BATCHNORM_DGAMMA = ("batchnorm_dgamma", "T dout, T xhat", "T dgamma", "dout * xhat", "a + b", "dgamma = a", "0")
 
 
-def _batchnorm_dgamma_cuda(cupy, dout, xhat, out=None):
-    outputs = () if out is None else (out,)
-    return _reduction(cupy, BATCHNORM_DGAMMA)(dout, xhat, *outputs, axis=0)
-
-
-batchnorm_dgamma = Kernel(batchnorm_dgamma_numpy, _batchnorm_dgamma_cuda)
-
-
-def batchnorm_backward_numpy(dout, xhat, dbeta, dgamma, gamma, variance, epsilon):
-    """dx = gamma / sqrt(variance + epsilon) * (dout - (dbeta + xhat * dgamma) / M), M the number of rows."""
-    xp = backend.get_array_module(dout)
-    return gamma / xp.sqrt(variance + epsilon) * (dout - (dbeta + xhat * dgamma) / dout.shape[0])
+def batchnorm_parameter_gradients_cuda(cupy, dout, xhat, dbeta, dgamma):
+    """(d beta, d gamma) = the sums over the rows of dout and of dout * xhat, into ``dbeta`` and
+    ``dgamma`` where given: two reductions."""
+    dbeta = dout.sum(axis=0, out=dbeta)
+    outputs = () if dgamma is None else (dgamma,)
+    return dbeta, _reduction(cupy, BATCHNORM_DGAMMA)(dout, xhat, *outputs, axis=0)
 
 
 BATCHNORM_BACKWARD = ("batchnorm_backward", "T dout, T xhat, T dbeta, T dgamma, T gamma, T variance, T epsilon, "
@@ -495,11 +376,8 @@ BATCHNORM_BACKWARD = ("batchnorm_backward", "T dout, T xhat, T dbeta, T dgamma, 
 """)
 
 
-def _batchnorm_backward_cuda(cupy, dout, xhat, dbeta, dgamma, gamma, variance, epsilon):
+def batchnorm_backward_cuda(cupy, dout, xhat, dbeta, dgamma, gamma, variance, epsilon):
     dx = cupy.empty_like(dout)
     _elementwise(cupy, BATCHNORM_BACKWARD)(dout, xhat, dbeta, dgamma, gamma, variance, epsilon,
                                            1.0 / dout.shape[0], dx)
     return dx
-
-
-batchnorm_backward = Kernel(batchnorm_backward_numpy, _batchnorm_backward_cuda)

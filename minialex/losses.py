@@ -8,11 +8,21 @@ Taking log p straight from the logits never computes log(softmax(z)), which unde
 when a probability rounds to zero; and the gradient (p - y) / N skips the softmax's Jacobian.
 This is what Keras computes for a model ending in Dense(..., activation='softmax') compiled with
 loss='categorical_crossentropy'.
-On a GPU one kernel computes each row's loss and probabilities (``minialex.kernels``).
+On a GPU one kernel computes each row's loss and probabilities, and one sum adds the rows'
+losses (``kernels.softmax_cross_entropy_cuda``).
 """
 from __future__ import annotations
 
 from . import backend, kernels
+
+
+@kernels.gpu(kernels.softmax_cross_entropy_cuda, launches=2)
+def softmax_cross_entropy(logits, y_onehot):
+    """(mean loss, probabilities p) from the logits, through log p = z - logsumexp(z)."""
+    xp = backend.get_array_module(logits)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    return -(y_onehot * log_probs).sum() / logits.shape[0], xp.exp(log_probs)
 
 
 class SoftmaxCrossEntropy:
@@ -21,16 +31,9 @@ class SoftmaxCrossEntropy:
         if logits.shape != y_onehot.shape or logits.ndim != 2:
             raise ValueError(f"logits {tuple(logits.shape)} and one-hot targets {tuple(y_onehot.shape)} "
                              "must both be (batch, classes)")
-        xp = backend.get_array_module(logits)
         self._y = y_onehot
-        if backend.on_cpu(logits):
-            shifted = logits - logits.max(axis=1, keepdims=True)
-            log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-            self._probs = xp.exp(log_probs)
-            return -(y_onehot * log_probs).sum() / logits.shape[0]
-        # a GPU: one kernel for the rows, then their sum
-        row_losses, self._probs = kernels.softmax_cross_entropy(logits, y_onehot)
-        return row_losses.sum()
+        loss, self._probs = softmax_cross_entropy(logits, y_onehot)
+        return loss
 
     def backward(self, batch_size=None):
         """d loss / d logits = (p - y) / N, N being ``batch_size`` (default: this batch's size).

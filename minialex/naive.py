@@ -422,6 +422,26 @@ def batchnorm_backward(dout, x, gamma, epsilon=1e-3):
     return dx.reshape(x.shape), dgamma, dbeta
 
 
+def batchnorm_inference(x, moving_mean, moving_variance, gamma, beta, epsilon=1e-3):
+    """BatchNormalization at inference, one value at a time, with the moving statistics in the batch's place:
+
+        y[m, c] = gamma[c] * (rows[m, c] - moving_mean[c]) / sqrt(moving_variance[c] + epsilon) + beta[c]
+
+    Inputs:
+    - x: (N, ..., C)
+    - moving_mean, moving_variance, gamma, beta: (C,)
+    Returns:
+    - y: x's shape
+    """
+    xp = backend.get_array_module(x)
+    rows = x.reshape(-1, x.shape[-1])
+    y = xp.zeros(rows.shape, dtype=x.dtype)
+    for m in range(rows.shape[0]):
+        for c in range(rows.shape[1]):
+            y[m, c] = gamma[c] * (rows[m, c] - moving_mean[c]) / (moving_variance[c] + epsilon) ** 0.5 + beta[c]
+    return y.reshape(x.shape)
+
+
 # ---- Flatten -----------------------------------------------------------------------------------
 
 def flatten_forward(x):

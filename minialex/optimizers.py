@@ -95,6 +95,25 @@ class SGD(Optimizer):
         param += velocity
 
 
+@kernels.gpu(kernels.adam_cuda)
+def adam(param, grad, m, v, scratch, alpha, beta_1, beta_2, epsilon):
+    """One Adam step in place, the formulas above written through one ``scratch`` array of param's
+    shape (no temporaries)."""
+    xp = backend.get_array_module(param)
+    xp.subtract(grad, m, out=scratch)
+    scratch *= 1.0 - beta_1
+    m += scratch                                   # m += (1 - beta_1) * (g - m)
+    xp.multiply(grad, grad, out=scratch)
+    scratch -= v
+    scratch *= 1.0 - beta_2
+    v += scratch                                   # v += (1 - beta_2) * (g^2 - v)
+    xp.sqrt(v, out=scratch)
+    scratch += epsilon
+    xp.divide(m, scratch, out=scratch)
+    scratch *= alpha
+    param -= scratch                               # p -= alpha_t * m / (sqrt(v) + epsilon)
+
+
 class Adam(Optimizer):
     slot_names = ("m", "v")
 
@@ -104,29 +123,13 @@ class Adam(Optimizer):
         super().__init__(learning_rate)
 
     def update(self, index, param, grad):
-        xp = backend.get_array_module(param)
-        m, v = self.slots["m"][index], self.slots["v"][index]
         t = self.iterations
         alpha = self.learning_rate * (1.0 - self.beta_2 ** t) ** 0.5 / (1.0 - self.beta_1 ** t)
-        if backend.on_cpu(param):
-            # The formulas above, written in place through one scratch array (no temporaries).
-            if index not in self._scratch or self._scratch[index].shape != param.shape:
-                self._scratch[index] = xp.empty_like(param)
-            scratch = self._scratch[index]
-            xp.subtract(grad, m, out=scratch)
-            scratch *= 1.0 - self.beta_1
-            m += scratch                                   # m += (1 - beta_1) * (g - m)
-            xp.multiply(grad, grad, out=scratch)
-            scratch -= v
-            scratch *= 1.0 - self.beta_2
-            v += scratch                                   # v += (1 - beta_2) * (g^2 - v)
-            xp.sqrt(v, out=scratch)
-            scratch += self.epsilon
-            xp.divide(m, scratch, out=scratch)
-            scratch *= alpha
-            param -= scratch                               # p -= alpha_t * m / (sqrt(v) + epsilon)
-        else:   # a GPU: the same lines in one kernel
-            kernels.adam(param, grad, m, v, alpha, self.beta_1, self.beta_2, self.epsilon)
+        scratch = self._scratch.get(index)
+        if scratch is None or scratch.shape != param.shape or type(scratch) is not type(param):
+            scratch = self._scratch[index] = backend.get_array_module(param).empty_like(param)
+        adam(param, grad, self.slots["m"][index], self.slots["v"][index], scratch, alpha, self.beta_1, self.beta_2,
+             self.epsilon)
 
 
 OPTIMIZERS = {"adam": Adam, "sgd": SGD}

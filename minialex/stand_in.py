@@ -260,15 +260,24 @@ class CountingModule:
 
     @staticmethod
     def fuse(function):
-        """What ``backend.fuse`` and ``minialex.kernels`` ask for: ``function`` (a fused function, or a
-        kernel's NumPy half) run as ONE launch."""
+        """What ``backend.fuse`` asks for: ``function`` run as ONE launch."""
         @functools.wraps(function)
         def fused(*args, **kwargs):
-            _count(1)
-            counter = _active["counter"]
-            with counter.pause() if counter is not None else contextlib.nullcontext():
-                return function(*args, **kwargs)
+            return _run_as_launches(1, function, args, kwargs)
         return fused
+
+    @staticmethod
+    def run_kernel(kernel, *args, **kwargs):
+        """What a ``minialex.kernels.Kernel`` asks for: its NumPy half, counted as the launches of its CUDA half."""
+        return _run_as_launches(kernel.launches, kernel.numpy_half, args, kwargs)
+
+
+def _run_as_launches(launches, function, args, kwargs):
+    """function(*args, **kwargs), counted as ``launches`` launches, whatever it does inside."""
+    _count(launches)
+    counter = _active["counter"]
+    with counter.pause() if counter is not None else contextlib.nullcontext():
+        return function(*args, **kwargs)
 
 
 MODULE = CountingModule()

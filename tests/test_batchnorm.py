@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from minialex import backend, kernels, naive, random, training
+from minialex import backend, naive, random, training
 from minialex.gradcheck import TOLERANCE, check_layer, check_model, tie_free
 from minialex.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPool2D
 from minialex.models import Sequential, alexnet_mnist
 from minialex.optimizers import Adam
 from minialex.parallel import shard_plan
 
-from .test_kernels import CPP_CUPY, through_gpu_path
+from .test_kernels import through_gpu_path
 from .test_naive import assert_twins, host, inputs
 
 
@@ -110,7 +110,7 @@ def test_a_backward_that_forgets_the_statistics_fails_the_gradient_check(xp_back
     assert check_layer(layer, x)["x"] > 1e-2
 
 
-# ---- the GPU path: kernels' NumPy halves, the counter's stand-in, C++ ---------------------------
+# ---- the GPU path, through the stand-in (the CUDA halves against the NumPy halves: test_kernels.py) ----
 
 def test_the_gpu_path_gives_the_cpu_results():
     """Training forward, backward, moving statistics and inference, through the launch counter's stand-in."""
@@ -124,55 +124,6 @@ def test_the_gpu_path_gives_the_cpu_results():
 
     for got, expected in zip(through_gpu_path(run, x, dout), run(x, dout)):
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
-
-
-def test_kernels_numpy_halves_are_the_layer():
-    rows, dout = inputs((40, 5), 6) + 2.0, inputs((40, 5), 7)
-    layer = built((40, 5))
-    y = layer.forward(rows, training=True)
-    dx = layer.backward(dout)
-    mean, variance = rows.mean(axis=0), kernels.batchnorm_variance_numpy(rows, rows.mean(axis=0))
-    gamma, beta = gamma_beta(layer, 5)
-    got_y, xhat = kernels.batchnorm_normalize_numpy(rows, mean, variance, gamma, beta, layer.epsilon)
-    dgamma = kernels.batchnorm_dgamma_numpy(dout, xhat)
-    got_dx = kernels.batchnorm_backward_numpy(dout, xhat, dout.sum(axis=0), dgamma, gamma, variance, layer.epsilon)
-    assert_twins(y=(got_y, y), xhat=(xhat, layer._xhat), dgamma=(dgamma, layer.grads["gamma"]), dx=(got_dx, dx))
-    moving = [np.zeros(5), np.ones(5)]
-    kernels.batchnorm_moving_average_numpy(mean, variance, 0.99, *moving)
-    np.testing.assert_allclose(moving[0], host(layer.state["moving_mean"]), rtol=1e-12)
-    np.testing.assert_allclose(moving[1], host(layer.state["moving_variance"]), rtol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("gamma_is_one", [False, True])
-def test_cuda_elementwise_halves_as_cpp(dtype, gamma_is_one):
-    """The elementwise kernels' CUDA source, compiled as C++ (tests/test_kernels.py's stand-in, which
-    does not broadcast: the per-channel arrays go in repeated for every row)."""
-    import shutil
-
-    if shutil.which("g++") is None:
-        pytest.skip("no C++ compiler")
-    rows, dout = (inputs((12, 4), s).astype(dtype) for s in (8, 9))
-    mean, variance = rows.mean(axis=0), kernels.batchnorm_variance_numpy(rows, rows.mean(axis=0))
-    gamma = 1.0 if gamma_is_one else (inputs(4, 10) + 2.0).astype(dtype)
-
-    def per_row(a):
-        return np.ascontiguousarray(np.broadcast_to(a, rows.shape)) if isinstance(a, np.ndarray) else a
-
-    y, xhat = kernels.batchnorm_normalize_numpy(rows, mean, variance, gamma, 0.5, 1e-3)
-    got = kernels.batchnorm_normalize.cuda_half(CPP_CUPY, rows, *map(per_row, (mean, variance, gamma)), 0.5, 1e-3)
-    tolerance = {"rtol": 1e-5 if dtype == "float32" else 1e-12, "atol": 1e-6 if dtype == "float32" else 1e-13}
-    for a, b in zip(got, (y, xhat)):
-        np.testing.assert_allclose(a, b, **tolerance)
-    dbeta, dgamma = dout.sum(axis=0), kernels.batchnorm_dgamma_numpy(dout, xhat)
-    expected = kernels.batchnorm_backward_numpy(dout, xhat, dbeta, dgamma, gamma, variance, 1e-3)
-    got = kernels.batchnorm_backward.cuda_half(CPP_CUPY, dout, xhat, *map(per_row, (dbeta, dgamma, gamma, variance)), 1e-3)
-    np.testing.assert_allclose(got, expected, **tolerance)
-    moving, twin = [np.zeros(4, dtype), np.ones(4, dtype)], [np.zeros(4, dtype), np.ones(4, dtype)]
-    kernels.batchnorm_moving_average.cuda_half(CPP_CUPY, mean, variance, 0.9, *moving)
-    kernels.batchnorm_moving_average_numpy(mean, variance, 0.9, *twin)
-    for a, b in zip(moving, twin):
-        np.testing.assert_allclose(a, b, **tolerance)
 
 
 # ---- weights that are not trained ----------------------------------------------------------------

@@ -1,25 +1,31 @@
-"""The GPU path: minialex.kernels and backend.fuse.
+"""The GPU path: each kernel's CUDA half against its NumPy half (the layer's own CPU code), and backend.fuse.
 
-- On the CPU: each kernel's NumPy half equals the layer's CPU code it stands in for, and every layer's
-  GPU path, run through the launch counter's stand-in (NumPy halves in the kernels' place), gives the
-  CPU path's results.
-- Each kernel's CUDA half equals its NumPy half: on a GPU (skipped without one), and everywhere as its C++
-  compiled for the CPU (a stand-in for ``cupy.ElementwiseKernel``; skipped without g++).
+- Every ``kernels.Kernel`` of the package has a case in ``CASES``, and its CUDA half gives its NumPy
+  half's results: on a GPU (the 'cupy' leg, skipped without one) and everywhere as its C++ compiled for
+  the CPU (the 'cpp' leg, ``tests/cpp_kernels.py``; skipped without g++; the halves that reduce with
+  ``cupy.ReductionKernel`` run on a GPU only).
+- Every layer's GPU path, run on the CPU through ``minialex.stand_in`` (which takes every branch a GPU
+  takes, each kernel's NumPy half in its place), gives the CPU path's results, a whole training step
+  included.
 """
-import shutil
-from pathlib import Path
+import copy
+import functools
+import importlib
+import pkgutil
 
 import numpy as np
 import pytest
 
+import minialex
 from minialex import backend, kernels, random, stand_in
 from minialex.layers import Conv2D, Dense, Dropout, LocalResponseNorm, MaxPool2D, ReLU
-from minialex.layers.activations import add_bias_relu, relu_backward
-from minialex.layers.conv import col2im, im2col
-from minialex.losses import SoftmaxCrossEntropy, gradient
+from minialex.layers import activations, batchnorm, conv, dropout, lrn, pool
+from minialex.layers.base import same_padding
+from minialex.losses import gradient, softmax_cross_entropy
 from minialex.models import alexnet_mnist
-from minialex.optimizers import Adam
+from minialex.optimizers import adam
 
+from .cpp_kernels import CPP_CUPY, have_compiler
 
 CONV_CASES = [  # (input shape, kernel, strides, pads)
     ((2, 8, 8, 1), (3, 3), (1, 1), ((0, 0), (0, 0))),
@@ -42,69 +48,165 @@ def rng(seed=0):
     return np.random.default_rng(seed)
 
 
-# ---- each NumPy half against the layer's CPU code ---------------------------------------------
-
-@pytest.mark.parametrize("shape,kernel,strides,pads", CONV_CASES)
-def test_im2col_numpy_is_conv_im2col_of_the_padded_input(shape, kernel, strides, pads):
-    x = rng().standard_normal(shape).astype(np.float32)
-    size = out_size(shape, kernel, strides, pads)
-    expected = im2col(np.pad(x, ((0, 0),) + pads + ((0, 0),)), kernel, strides, size)
-    np.testing.assert_array_equal(kernels.im2col_numpy(x, pads, kernel, strides, size), expected)
+def normal(shape, seed, dtype="float32"):
+    return rng(seed).standard_normal(shape).astype(dtype)
 
 
-@pytest.mark.parametrize("shape,kernel,strides,pads", CONV_CASES)
-def test_col2im_numpy_is_conv_col2im_cropped(shape, kernel, strides, pads):
-    size = out_size(shape, kernel, strides, pads)
-    dcols = rng(1).standard_normal((shape[0] * size[0] * size[1], kernel[0] * kernel[1] * shape[3]))
-    padded = (shape[0], shape[1] + sum(pads[0]), shape[2] + sum(pads[1]), shape[3])
-    (top, _), (left, _) = pads
-    expected = col2im(dcols, padded, kernel, strides, size)[:, top:top + shape[1], left:left + shape[2]]
-    np.testing.assert_allclose(kernels.col2im_numpy(dcols, shape, pads, kernel, strides, size), expected, rtol=1e-12)
+# ---- one case per kernel: its arguments, which of them it writes in place, and the tolerance ---------
+
+def conv_cases():
+    for shape, kernel, strides, pads in CONV_CASES:
+        size = out_size(shape, kernel, strides, pads)
+        yield conv.im2col, (normal(shape, 14), pads, kernel, strides, size), {"rtol": 0, "atol": 0}
+        dz = normal((shape[0] * size[0] * size[1], 4), 15)
+        yield conv.col2im_by_taps, (dz, normal(kernel + (shape[3], 4), 16), shape, pads, strides, size), {}
 
 
-@pytest.mark.parametrize("radius,bias,alpha,beta", [(2, 1.0, 2e-5, 0.75), (1, 2.0, 0.5, 0.6), (3, 1.5, 0.3, 1.0)])
-def test_lrn_numpy_halves_are_the_layer(radius, bias, alpha, beta):
-    x, dout = rng(2).standard_normal((2, 3, 4, 7)), rng(3).standard_normal((2, 3, 4, 7))
-    layer = LocalResponseNorm(radius, bias, alpha, beta)
-    y = layer.forward(x, training=True)
-    numpy_y, numpy_den = kernels.lrn_numpy(x, radius, bias, alpha, beta)
-    np.testing.assert_allclose(numpy_y, y, rtol=1e-13)
-    np.testing.assert_allclose(numpy_den, layer._den, rtol=1e-13)
-    np.testing.assert_allclose(kernels.lrn_backward_numpy(dout, x, y, numpy_den, radius, alpha, beta),
-                               layer.backward(dout), rtol=1e-11, atol=1e-13)
+def lrn_cases():
+    for dtype in ("float32", "float64"):
+        for radius, channels in ((2, 32), (1, 3), (3, 5)):
+            x, dout = normal((2, 5, 6, channels), 16, dtype), normal((2, 5, 6, channels), 17, dtype)
+            yield lrn.lrn, (x, radius, 1.0, 0.1, 0.75), {}
+            y, den, den_beta = lrn.lrn(x, radius, 1.0, 0.1, 0.75)
+            yield lrn.lrn_backward, (dout, x, y, den, den_beta, radius, 0.1, 0.75), {}
 
 
-@pytest.mark.parametrize("shape,pool,strides,padding", POOL_CASES)
-def test_max_pool_numpy_halves_are_the_layer_ties_included(shape, pool, strides, padding):
-    x = rng(4).integers(0, 3, shape).astype(np.float32)        # many ties: the routing rule must agree
-    layer = MaxPool2D(pool, strides=strides, padding=padding)
-    y = layer.forward(x, training=True)
-    dout = rng(5).standard_normal(y.shape).astype(np.float32)
-    size = y.shape[1:3]
-    np.testing.assert_array_equal(kernels.max_pool_numpy(x, pool, strides, layer._pads(x), size), y)
-    np.testing.assert_allclose(kernels.max_pool_backward_numpy(dout, x, y, pool, strides, layer._pads(x), size),
-                               layer.backward(dout), rtol=1e-6)      # overlapping windows add in another order
+def pool_cases():
+    for shape, window, strides, padding in POOL_CASES:
+        x = rng(18).integers(0, 3, shape).astype(np.float32)      # many ties: the same winners, or a big error
+        pads = ((0, 0), (0, 0)) if padding == "valid" else tuple(
+            same_padding(length, k, s) for length, k, s in zip(shape[1:3], window, strides))
+        size = out_size(shape, window, strides, pads)
+        y, column_max = pool.max_pool(x, window, strides, pads, size)
+        yield pool.max_pool, (x, window, strides, pads, size), {"rtol": 0, "atol": 0}
+        yield pool.max_pool_backward, (normal(y.shape, 19), x, column_max, y, window, strides, pads, size), \
+            {"rtol": 1e-6, "atol": 0}
 
 
-def test_dropout_numpy_draws_the_layer_s_mask():
-    x = rng(6).standard_normal((64, 84)).astype(np.float32)
-    layer = Dropout(0.5)
-    random.set_seed(7)
-    y = layer.forward(x, training=True)
-    generator = random.set_seed(7)
-    numpy_y, numpy_mask = kernels.dropout_numpy(x, 0.5, generator)
-    np.testing.assert_array_equal(numpy_y, y)
-    np.testing.assert_array_equal(numpy_mask, layer._mask)
-    assert generator.position == random.get_rng().position == x.size
+def elementwise_cases():
+    for dtype in ("float32", "float64"):
+        generator = random.Generator(21)
+        generator.bits(5)
+        yield dropout.dropout, (normal((64, 84), 20, dtype), 0.3, generator), {"rtol": 0, "atol": 0}
+    product = normal((6, 5), 27)
+    product[0, 0] = np.nan                                      # NaN stays NaN, as np.maximum keeps it
+    yield activations.add_bias_relu, (product, normal(5, 28)), {"in_place": (0,), "rtol": 0, "atol": 0}
+    logits, targets = 5 * normal((64, 10), 22), np.eye(10, dtype=np.float32)[rng(23).integers(0, 10, 64)]
+    yield softmax_cross_entropy, (logits, targets), {}
+    param, grad, m = normal(1000, 24), normal(1000, 25), normal(1000, 26)
+    yield adam, (param, grad, m, np.abs(m), np.empty_like(param), 1e-3, 0.9, 0.999, 1e-7), \
+        {"in_place": (0, 2, 3), "rtol": 1e-5, "atol": 1e-7}
 
 
-def test_dropout_numpy_draws_on_its_input_s_backend_not_the_active_one():
+def batchnorm_cases():
+    for dtype in ("float32", "float64"):
+        rows, dout = normal((12, 4), 8, dtype) + 2.0, normal((12, 4), 9, dtype)
+        mean, variance = batchnorm.batch_statistics(rows)
+        for gamma, beta in ((normal(4, 10, dtype) + 2.0, normal(4, 11, dtype)), (1.0, 0.0)):
+            yield batchnorm.normalize, (rows, mean, variance, gamma, beta, 1e-3), {}
+            yield batchnorm.normalize_for_inference, (rows, mean, variance, gamma, beta, 1e-3), {}
+            y, xhat = batchnorm.normalize(rows, mean, variance, gamma, beta, 1e-3)
+            dbeta, dgamma = batchnorm.parameter_gradients(dout, xhat, None, None)
+            yield batchnorm.batchnorm_backward, (dout, xhat, dbeta, dgamma, gamma, variance, 1e-3), {}
+        yield batchnorm.update_moving_statistics, (mean, variance, 0.9, np.zeros(4, dtype), np.ones(4, dtype)), \
+            {"in_place": (3, 4)}
+        yield batchnorm.batch_statistics, (rows,), {"reduces": True}
+        yield batchnorm.parameter_gradients, (dout, rows, np.empty(4, dtype), None), {"reduces": True}
+
+
+@functools.lru_cache(maxsize=None)
+def all_cases():
+    """[(kernel, arguments, options)]: the tests copy the arguments before each call."""
+    return [*conv_cases(), *lrn_cases(), *pool_cases(), *elementwise_cases(), *batchnorm_cases()]
+
+
+def package_kernels():
+    """Every ``kernels.Kernel`` defined in a module of minialex."""
+    found = set()
+    for module_info in pkgutil.walk_packages(minialex.__path__, "minialex."):
+        module = importlib.import_module(module_info.name)
+        found |= {value for value in vars(module).values() if isinstance(value, kernels.Kernel)}
+    return found
+
+
+def test_every_kernel_of_the_package_has_a_case():
+    assert package_kernels() - {kernel for kernel, _, _ in all_cases()} == set()
+
+
+# ---- each CUDA half against its NumPy half: on a GPU (the CuPy leg), and as C++ on the CPU ----------
+
+@pytest.fixture(params=["cupy", "cpp"])
+def cuda(request):
+    """Where the kernels' CUDA halves run: 'cupy', on a GPU (skipped without one; ``pytest --backend cupy``
+    runs this leg only); 'cpp', their operation compiled as plain C++ for the CPU (skipped without g++),
+    so that their logic is tested everywhere."""
+    if request.param == "cpp":
+        if not have_compiler():
+            pytest.skip("no C++ compiler")
+        yield request.param
+        return
+    choice = request.config.getoption("--backend")
+    if choice == "numpy" or (choice != "cupy" and not backend.cupy_available()):
+        pytest.skip("CuPy or a CUDA device is not available")
+    with backend.set_backend("cupy"):
+        yield request.param
+
+
+def run_cuda_half(cuda, kernel, args):
+    """(results, arguments after the call) of kernel's CUDA half, as NumPy arrays."""
+    if cuda == "cpp":
+        return kernel.cuda_half(CPP_CUPY, *args), args
+    on_device = [backend.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
+    return kernel(*on_device), on_device
+
+
+def as_tuple(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+@pytest.mark.parametrize("case", range(len(all_cases())), ids=lambda k: f"{all_cases()[k][0].__name__}-{k}")
+def test_each_cuda_half_gives_its_numpy_half_s_results(cuda, case):
+    kernel, args, options = all_cases()[case]
+    options = {"rtol": 1e-5, "atol": 1e-6, "in_place": (), "reduces": False, **options}
+    if options["reduces"] and cuda == "cpp":
+        pytest.skip("a reduction (cupy.ReductionKernel): on a GPU only")
+    expected_args, cuda_args = copy.deepcopy(args), copy.deepcopy(args)     # generators too: the same draws
+    expected = as_tuple(kernel.numpy_half(*expected_args))
+    got, cuda_args = run_cuda_half(cuda, kernel, cuda_args)
+    pairs = list(zip(as_tuple(got), expected))
+    pairs += [(cuda_args[k], expected_args[k]) for k in options["in_place"]]
+    for got_array, expected_array in pairs:
+        if got_array is None:             # what only the CPU's backward uses (den^beta, column maxima)
+            continue
+        np.testing.assert_allclose(backend.to_numpy(got_array), expected_array, rtol=options["rtol"],
+                                   atol=options["atol"])
+    generators = [(a, b) for a, b in zip(cuda_args, expected_args) if isinstance(a, random.Generator)]
+    assert all(a.position == b.position for a, b in generators)
+
+
+def test_fused_functions_on_the_gpu(cuda):
+    if cuda == "cpp":
+        pytest.skip("cupy.fuse compiles these; nothing to compile here")
+    dout, y = normal((8, 5), 27), normal((8, 5), 28)
+    np.testing.assert_array_equal(backend.to_numpy(activations.relu_backward(backend.to_device(dout),
+                                                                             backend.to_device(y))),
+                                  activations.relu_backward(dout, y))
+    np.testing.assert_allclose(backend.to_numpy(gradient(backend.to_device(dout), backend.to_device(y), 64)),
+                               gradient(dout, y, 64), rtol=1e-7)
+    relu = ReLU()
+    relu.forward(backend.to_device(y), training=True)
+    np.testing.assert_array_equal(backend.to_numpy(relu.backward(backend.to_device(dout))), dout * (y > 0))
+
+
+# ---- what the NumPy halves draw and where --------------------------------------------------------------
+
+def test_dropout_draws_on_its_input_s_backend_not_the_active_one():
     """With another backend active (in the CuPy leg: CuPy), a NumPy input gets a NumPy mask, not a
     device array that ``x * mask`` would mix with a host one."""
-    x = rng(6).standard_normal((8, 5)).astype(np.float32)
-    expected = kernels.dropout_numpy(x, 0.5, random.Generator(3))
+    x = normal((8, 5), 6)
+    expected = dropout.dropout(x, 0.5, random.Generator(3))
     with stand_in.counting():
-        got = kernels.dropout_numpy(x, 0.5, random.Generator(3))
+        got = dropout.dropout(x, 0.5, random.Generator(3))
     for array, expected_array in zip(got, expected):
         assert type(array) is np.ndarray
         np.testing.assert_array_equal(array, expected_array)
@@ -141,28 +243,7 @@ def test_row_sliced_reserve_gives_the_rows_of_the_whole_draw():
     assert parent.position == whole.position
 
 
-def test_softmax_cross_entropy_numpy_is_the_loss():
-    logits, targets = rng(8).standard_normal((16, 10)), np.eye(10)[rng(9).integers(0, 10, 16)]
-    loss = SoftmaxCrossEntropy()
-    value = loss.forward(logits, targets)
-    row_losses, probs = kernels.softmax_cross_entropy_numpy(logits, targets)
-    np.testing.assert_allclose(row_losses.sum(), value, rtol=1e-13)
-    np.testing.assert_allclose(probs, loss._probs, rtol=1e-13)
-
-
-def test_adam_numpy_is_the_optimiser():
-    param, grad = rng(10).standard_normal(50), rng(11).standard_normal(50)
-    optimizer, state = Adam(1e-2), [param.copy(), np.zeros(50), np.zeros(50)]     # parameters, m, v
-    expected = param.copy()
-    for step in (1, 2, 3):
-        optimizer.apply([expected], [grad * step])
-        alpha = 1e-2 * (1 - 0.999 ** step) ** 0.5 / (1 - 0.9 ** step)
-        kernels.adam_numpy(state[0], grad * step, state[1], state[2], alpha, 0.9, 0.999, 1e-7)
-    np.testing.assert_allclose(state[0], expected, rtol=1e-14)
-    np.testing.assert_allclose(state[1], optimizer.slots["m"][0], rtol=1e-14)
-
-
-# ---- the GPU path, run on the CPU through the launch counter's stand-in ------------------------
+# ---- the GPU path, run on the CPU through the stand-in --------------------------------------------------
 
 def through_gpu_path(run, *arrays):
     """run(*arrays) with the arrays on the counting stand-in (so every layer takes its GPU path),
@@ -234,181 +315,3 @@ def test_a_training_step_s_gpu_path_gives_the_cpu_gradients():
         model.train_step(backend.to_device(x), backend.to_device(y))
         got = np.asarray(model.flat_gradients).copy()
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-6)
-
-
-# ---- each CUDA half against its NumPy half: on a GPU (the CuPy leg), and as C++ on the CPU ----------
-
-class CppElementwiseKernel:
-    """A stand-in for ``cupy.ElementwiseKernel`` that compiles the same operation as plain C++ for the
-    CPU: a loop over ``i``, non-raw arrays bound to their i-th element, raw ones indexed freely (the
-    arrays here are C-contiguous, so a flat index is an offset, as CuPy's CArray makes it)."""
-
-    CTYPES = {"int32": "int", "uint64": "unsigned long long", "float32": "float", "float64": "double"}
-
-    def __init__(self, in_params, out_params, operation, name):
-        self.params = [p.split() for p in (in_params + "," + out_params).split(",")]   # [("raw",) type, name]
-        self.operation, self.libraries = operation, {}
-
-    def _library(self, dtype, is_array):
-        """The compiled loop for T = dtype, with the parameters that are arrays (not scalars) marked."""
-        import ctypes
-        import subprocess
-        import tempfile
-
-        key = (dtype, is_array)
-        if key not in self.libraries:
-            args, binds = ["ptrdiff_t _n"], []
-            for words, array in zip(self.params, is_array):
-                kind, name = words[-2], words[-1]
-                c = self.CTYPES[dtype] if kind == "T" else self.CTYPES[kind]
-                if words[0] == "raw":
-                    args.append(f"{c}* {name}")
-                elif array:
-                    args.append(f"{c}* _raw_{name}")
-                    binds.append(f"{c}& {name} = _raw_{name}[i];")
-                else:
-                    args.append(f"{c} {name}")
-            source = (f"#include <cmath>\n#include <cstddef>\n#include <algorithm>\nusing namespace std;\n"
-                      f"typedef {self.CTYPES[dtype]} T;\nextern \"C\" void run({', '.join(args)}) {{\n"
-                      f"for (ptrdiff_t i = 0; i < _n; ++i) {{ {' '.join(binds)}\n{self.operation}\n}} }}\n")
-            folder = Path(tempfile.mkdtemp(prefix="minialex_cpp_"))
-            (folder / "k.cpp").write_text(source)
-            subprocess.run(["g++", "-O1", "-shared", "-fPIC", "-o", str(folder / "k.so"), str(folder / "k.cpp")],
-                           check=True, capture_output=True)
-            self.libraries[key] = ctypes.CDLL(str(folder / "k.so"))
-        return self.libraries[key]
-
-    def __call__(self, *args):
-        import ctypes
-
-        assert len(args) == len(self.params), "give every input and every output"
-        is_array = tuple(isinstance(a, np.ndarray) for a in args)
-        dtype = next(str(a.dtype) for words, a in zip(self.params, args) if words[-2] == "T" and hasattr(a, "dtype"))
-        values, size = [], None
-        for words, a in zip(self.params, args):
-            if isinstance(a, np.ndarray):
-                assert a.flags.c_contiguous
-                values.append(ctypes.c_void_p(a.ctypes.data))
-                size = a.size if words[0] != "raw" else size
-            elif words[-2] in ("int32", "uint64"):
-                values.append({"int32": ctypes.c_int, "uint64": ctypes.c_ulonglong}[words[-2]](int(a)))
-            else:
-                values.append((ctypes.c_float if dtype == "float32" else ctypes.c_double)(float(a)))
-        self._library(dtype, is_array).run(ctypes.c_ssize_t(size), *values)
-
-
-class CppCupy:
-    """Just enough of the cupy module for kernels' CUDA halves: NumPy arrays, C++ kernels."""
-    __name__ = "cupy"
-    empty, empty_like = staticmethod(np.empty), staticmethod(np.empty_like)
-    uint64, ElementwiseKernel = np.uint64, CppElementwiseKernel
-
-
-CPP_CUPY = CppCupy()      # one, so that each kernel compiles once (minialex.kernels keeps them per module)
-
-
-@pytest.fixture(params=["cupy", "cpp"])
-def cuda(request):
-    """Where the kernels' CUDA halves run: 'cupy', on a GPU (skipped without one; ``pytest --backend cupy``
-    runs this leg only); 'cpp', their operation compiled as plain C++ for the CPU (skipped without g++),
-    so that their logic is tested everywhere."""
-    if request.param == "cpp":
-        if shutil.which("g++") is None:
-            pytest.skip("no C++ compiler")
-        yield request.param
-        return
-    choice = request.config.getoption("--backend")
-    if choice == "numpy" or (choice != "cupy" and not backend.cupy_available()):
-        pytest.skip("CuPy or a CUDA device is not available")
-    with backend.set_backend("cupy"):
-        yield request.param
-
-
-def run_cuda(cuda, kernel, *args):
-    """kernel's CUDA half on the arguments (moved to the GPU for 'cupy'), results as NumPy arrays."""
-    if cuda == "cpp":
-        return as_tuple(kernel.cuda_half(CPP_CUPY, *args))
-    result = kernel(*[backend.to_device(a) if isinstance(a, np.ndarray) else a for a in args])
-    return tuple(backend.to_numpy(r) for r in as_tuple(result))
-
-
-def as_tuple(result):
-    return result if isinstance(result, tuple) else (result,)
-
-
-def same_as_numpy_half(cuda, kernel, *args, rtol=1e-5, atol=1e-6):
-    for got, expected in zip(run_cuda(cuda, kernel, *args), as_tuple(kernel.numpy_half(*args))):
-        np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
-
-
-@pytest.mark.parametrize("shape,kernel,strides,pads", CONV_CASES)
-def test_cuda_im2col_and_col2im(cuda, shape, kernel, strides, pads):
-    size = out_size(shape, kernel, strides, pads)
-    x = rng(14).standard_normal(shape).astype(np.float32)
-    same_as_numpy_half(cuda, kernels.im2col, x, pads, kernel, strides, size, rtol=0, atol=0)
-    dcols = rng(15).standard_normal((shape[0] * size[0] * size[1], kernel[0] * kernel[1] * shape[3]))
-    same_as_numpy_half(cuda, kernels.col2im, dcols.astype(np.float32), shape, pads, kernel, strides, size)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("radius,channels", [(2, 32), (1, 3), (3, 5)])
-def test_cuda_lrn(cuda, dtype, radius, channels):
-    x, dout = (rng(s).standard_normal((2, 5, 6, channels)).astype(dtype) for s in (16, 17))
-    y, den = kernels.lrn_numpy(x, radius, 1.0, 0.1, 0.75)
-    same_as_numpy_half(cuda, kernels.lrn, x, radius, 1.0, 0.1, 0.75)
-    same_as_numpy_half(cuda, kernels.lrn_backward, dout, x, y, den, radius, 0.1, 0.75)
-
-
-@pytest.mark.parametrize("shape,pool,strides,padding", POOL_CASES)
-def test_cuda_max_pool_ties_included(cuda, shape, pool, strides, padding):
-    x = rng(18).integers(0, 3, shape).astype(np.float32)        # many ties: the same winners, or a big error
-    layer = MaxPool2D(pool, strides=strides, padding=padding)
-    y = layer.forward(x)
-    pads, size = layer._pads(x), y.shape[1:3]
-    dout = rng(19).standard_normal(y.shape).astype(np.float32)
-    same_as_numpy_half(cuda, kernels.max_pool, x, pool, strides, pads, size, rtol=0, atol=0)
-    same_as_numpy_half(cuda, kernels.max_pool_backward, dout, x, y, pool, strides, pads, size, rtol=1e-6, atol=0)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_cuda_dropout_draws_the_numpy_masks_bit_for_bit(cuda, dtype):
-    x = rng(20).standard_normal((64, 84)).astype(dtype)
-    first, second = random.Generator(21), random.Generator(21)
-    first.bits(5), second.bits(5)
-    for got, expected in zip(run_cuda(cuda, kernels.dropout, x, 0.3, first), kernels.dropout_numpy(x, 0.3, second)):
-        np.testing.assert_array_equal(got, expected)
-    assert first.position == second.position == 5 + x.size
-
-
-def test_cuda_softmax_cross_entropy(cuda):
-    logits = (5 * rng(22).standard_normal((64, 10))).astype(np.float32)
-    targets = np.eye(10, dtype=np.float32)[rng(23).integers(0, 10, 64)]
-    same_as_numpy_half(cuda, kernels.softmax_cross_entropy, logits, targets)
-
-
-def test_cuda_adam_in_place(cuda):
-    param, grad, m = (rng(s).standard_normal(1000).astype(np.float32) for s in (24, 25, 26))
-    on_host = [param, grad, m, np.abs(m)]                       # parameters, gradient, m, v >= 0
-    arrays = [a.copy() if cuda == "cpp" else backend.to_device(a) for a in on_host]
-    adam = kernels.adam if cuda == "cupy" else lambda *args: kernels.adam.cuda_half(CPP_CUPY, *args)
-    for _ in range(3):
-        adam(*arrays, 1e-3, 0.9, 0.999, 1e-7)
-        kernels.adam_numpy(*on_host, 1e-3, 0.9, 0.999, 1e-7)
-    for got, expected in zip(arrays, on_host):
-        np.testing.assert_allclose(backend.to_numpy(got), expected, rtol=1e-5, atol=1e-7)
-
-
-def test_fused_functions_on_the_gpu(cuda):
-    if cuda == "cpp":
-        pytest.skip("cupy.fuse compiles these; nothing to compile here")
-    dout, y = rng(27).standard_normal((8, 5)).astype(np.float32), rng(28).standard_normal((8, 5)).astype(np.float32)
-    np.testing.assert_array_equal(backend.to_numpy(relu_backward(backend.to_device(dout), backend.to_device(y))),
-                                  relu_backward(dout, y))
-    bias = y[0]
-    np.testing.assert_array_equal(backend.to_numpy(add_bias_relu(backend.to_device(dout), backend.to_device(bias))),
-                                  np.maximum(dout + bias, 0))
-    np.testing.assert_allclose(backend.to_numpy(gradient(backend.to_device(dout), backend.to_device(y), 64)),
-                               gradient(dout, y, 64), rtol=1e-7)
-    relu = ReLU()
-    relu.forward(backend.to_device(y), training=True)
-    np.testing.assert_array_equal(backend.to_numpy(relu.backward(backend.to_device(dout))), dout * (y > 0))

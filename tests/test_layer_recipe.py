@@ -1,10 +1,12 @@
 """The recipe for a new layer (docs/adding_a_layer.md), enforced.
 
 Every public layer of ``minialex.layers`` has each part the recipe asks for: its row in the layer
-contract's table, its plain twin, a gradient check of the layer and one of its twin, its Keras mapping
-(or an explicit None: no Keras counterpart), a GPU path that gives the CPU's results, and a launch
-budget. ``missing_parts`` names what a layer lacks, and where it goes; a made-up layer shows that each
-part's absence is caught.
+contract's table, its plain twin and how the layer calls it, a gradient check of the layer and one of
+its twin, the layer equal to its twin (training forward, backward, inference) on every one of its
+gradient-check cases, its Keras mapping (or an explicit None: no Keras counterpart), a GPU path that
+gives the CPU's results, a launch budget, and a launch count for every array function it calls.
+``missing_parts`` names what a layer lacks or gets wrong, and where it goes; a made-up layer shows
+that each part's absence is caught, and a planted wrong twin that a wrong twin is.
 """
 import re
 from pathlib import Path
@@ -17,7 +19,7 @@ from minialex import backend, gradcheck, keras_weights, naive, random, stand_in
 from minialex.layers import Layer
 from minialex.layers import base as layer_base
 
-from . import layer_budgets
+from . import layer_budgets, layer_twins
 from .test_layers import documented_saved_state
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding_a_layer.md"
@@ -54,28 +56,68 @@ def gpu_path_problem(make_layer, shape):
     return None
 
 
+TWIN_TOLERANCE = 1e-12     # a layer against its twin, in float64: max |difference| / the largest entry
+
+
+def twin_problem(make_layer, shape):
+    """None if the layer (made by ``make_layer``, on a tie-free input of ``shape``) gives its twin's
+    training forward, backward (dx and every weight's gradient) and inference; else what differs."""
+    random.set_seed(7)
+    layer = make_layer()
+    x = gradcheck.tie_free(shape, seed=3)
+    y = layer.forward(x, training=True)
+    dout = gradcheck.tie_free(y.shape, seed=4)
+    got = {"y": y, "dx": layer.backward(dout), **{f"d{name}": grad for name, grad in layer.grads.items()},
+           "inference": layer.forward(x)}
+    twin = layer_twins.TWIN_CALLS[type(layer).__name__](layer, backend.to_numpy(x), backend.to_numpy(dout))
+    for what in got.keys() | twin.keys():
+        if what not in got or what not in twin:
+            return f"{what} is the layer's or the twin's alone"
+        fast, slow = backend.to_numpy(got[what]), np.asarray(twin[what])
+        scale = max(np.abs(fast).max(initial=0.0), np.abs(slow).max(initial=0.0))
+        if fast.shape != slow.shape or (scale and np.abs(fast - slow).max() / scale > TWIN_TOLERANCE):
+            return f"{what} differs"
+    return None
+
+
 def missing_parts(cls):
-    """[what the recipe asks of layer class ``cls`` that it lacks, and where it goes]."""
+    """[what the recipe asks of layer class ``cls`` that it lacks or gets wrong, and where it goes]."""
     name, missing = cls.__name__, []
     if name not in documented_saved_state():
         missing.append("its row in the layer contract's table (what a training forward keeps): "
                        "minialex/layers/base.py")
     twin = naive.TWINS.get(name)
-    if twin is None or not all(callable(getattr(naive, f"{twin}_{way}", None)) for way in ("forward", "backward")):
+    has_twin = twin is not None and all(callable(getattr(naive, f"{twin}_{way}", None))
+                                        for way in ("forward", "backward"))
+    if not has_twin:
         missing.append("its plain twin: NAME_forward and NAME_backward in minialex/naive.py, NAME in naive.TWINS")
-    cases = [(make_layer, shape) for _, make_layer, shape in gradcheck.layer_cases() if type(make_layer()) is cls]
+    if name not in layer_twins.TWIN_CALLS:
+        missing.append("how it calls its twin (its settings, weights and results): TWIN_CALLS in tests/layer_twins.py")
+    cases = [(what, make_layer, shape) for what, make_layer, shape in gradcheck.layer_cases()
+             if type(make_layer()) is cls]
     if not cases:
         missing.append("its gradient check: a case in layer_cases() in minialex/gradcheck.py")
     if twin is None or twin not in {case[1] for case in gradcheck.twin_cases()}:
         missing.append("its twin's gradient check: a case in twin_cases() in minialex/gradcheck.py")
+    if has_twin and name in layer_twins.TWIN_CALLS:
+        differences = [f"{what}: {problem}" for what, make_layer, shape in cases
+                       if (problem := twin_problem(make_layer, shape))]
+        if differences:
+            missing.append(f"{name} equal to its twin (on {'; '.join(differences)}): the layer, or its twin in "
+                           "minialex/naive.py, is wrong")
     if name not in keras_weights.KERAS_CLASSES:
         missing.append("its Keras mapping: KERAS_CLASSES in minialex/keras_weights.py (None: no Keras counterpart)")
-    problems = [gpu_path_problem(*case) for case in cases]
+    problems = [gpu_path_problem(make_layer, shape) for _, make_layer, shape in cases]
     if any(problems):
-        missing.append(f"its GPU path ({next(p for p in problems if p)}): a kernel in minialex/kernels.py, "
-                       "backend.fuse, or array code that takes xp from its arrays")
+        missing.append(f"its GPU path ({next(p for p in problems if p)}): a kernels.gpu function (its CUDA half "
+                       "in minialex/kernels.py), backend.fuse, or array code that takes xp from its arrays")
     if name not in layer_budgets.LAYER_BUDGETS:
         missing.append("its launch budget: LAYER_BUDGETS in tests/layer_budgets.py")
+    elif not any(problems):
+        _, assumed = layer_budgets.layer_launches(*layer_budgets.LAYER_BUDGETS[name][:2])
+        if assumed:
+            missing.append(f"the launches of the array functions it calls ({', '.join(sorted(assumed))}): "
+                           "FUNCTION_LAUNCHES in minialex/stand_in.py")
     return missing
 
 
@@ -94,8 +136,9 @@ def test_the_walk_finds_every_layer_file():
 
 def test_the_recipe_page_names_every_place_the_test_checks():
     text = DOC.read_text(encoding="utf-8")
-    for place in ("minialex/layers/base.py", "minialex/naive.py", "naive.TWINS", "layer_cases()", "twin_cases()",
-                  "KERAS_CLASSES", "minialex/kernels.py", "backend.fuse", "LAYER_BUDGETS",
+    for place in ("minialex/layers/base.py", "minialex/naive.py", "naive.TWINS", "TWIN_CALLS", "tests/layer_twins.py",
+                  "layer_cases()", "twin_cases()", "KERAS_CLASSES", "minialex/kernels.py", "kernels.gpu",
+                  "backend.fuse", "LAYER_BUDGETS", "FUNCTION_LAUNCHES", "minialex/stand_in.py",
                   "tests/test_layer_recipe.py"):
         assert place in text, place
 
@@ -130,7 +173,11 @@ def scale_backward(dout, x):
     return dout * 3.0
 
 
-PARTS = ("table row", "twin", "gradient check", "twin's gradient check", "Keras", "launch budget")
+def scale_twin_call(layer, x, dout):
+    return {"y": naive.scale_forward(x), "dx": naive.scale_backward(dout, x), "inference": naive.scale_forward(x)}
+
+
+PARTS = ("table row", "twin", "twin call", "gradient check", "twin's gradient check", "Keras", "launch budget")
 
 
 @pytest.fixture
@@ -146,6 +193,8 @@ def register(monkeypatch):
             monkeypatch.setattr(naive, "scale_forward", scale_forward, raising=False)
             monkeypatch.setattr(naive, "scale_backward", scale_backward, raising=False)
         monkeypatch.setitem(naive.TWINS, name, "scale")
+        if "twin call" not in without:
+            monkeypatch.setitem(layer_twins.TWIN_CALLS, name, scale_twin_call)
         if "gradient check" not in without:
             layer_cases = gradcheck.layer_cases
             monkeypatch.setattr(gradcheck, "layer_cases", lambda: layer_cases() + [(f"{name}, 2x3", cls, (2, 3))])
@@ -174,12 +223,13 @@ def test_a_layer_added_without_its_parts_fails_naming_each_one(monkeypatch):
     missing = missing_parts(Scale)
     assert [part.split(":")[0] for part in missing] == [
         "its row in the layer contract's table (what a training forward keeps)", "its plain twin",
-        "its gradient check", "its twin's gradient check", "its Keras mapping", "its launch budget"]
+        "how it calls its twin (its settings, weights and results)", "its gradient check",
+        "its twin's gradient check", "its Keras mapping", "its launch budget"]
 
 
-@pytest.mark.parametrize("part,named", list(zip(PARTS, ["row in the layer contract's table", "plain twin",
-                                                   "its gradient check", "twin's gradient check", "Keras mapping",
-                                                   "launch budget"])))
+@pytest.mark.parametrize("part,named", list(zip(PARTS, [
+    "row in the layer contract's table", "plain twin", "how it calls its twin", "its gradient check",
+    "twin's gradient check", "Keras mapping", "launch budget"])))
 def test_each_part_left_out_is_named(register, part, named):
     register(Scale, without={part})
     missing = missing_parts(Scale)
@@ -190,3 +240,53 @@ def test_a_layer_without_a_gpu_path_is_named(register):
     register(CpuOnlyScale)
     (missing,) = missing_parts(CpuOnlyScale)
     assert missing.startswith("its GPU path (it fails: NotImplementedError: no GPU path yet)")
+
+
+# ---- a layer that is not its twin -------------------------------------------------------------------
+
+class MirrorMean(Scale):
+    """Average-pooling gone wrong in the way a review found, in small: a layer that averages each value
+    with its mirror image across the row, whose twin sums them (with a backward to match its own sum),
+    added by the recipe with every part there."""
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        return (x + x[:, ::-1]) / 2.0
+
+    def backward(self, dout, input_grad=True):
+        return (dout + dout[:, ::-1]) / 2.0
+
+
+def test_a_layer_that_differs_from_its_twin_is_named(register, monkeypatch):
+    register(MirrorMean)
+    monkeypatch.setattr(naive, "scale_forward", lambda x: x + x[:, ::-1])
+    monkeypatch.setattr(naive, "scale_backward", lambda dout, x: dout + dout[:, ::-1])
+    (missing,) = missing_parts(MirrorMean)
+    assert missing.startswith("MirrorMean equal to its twin (on MirrorMean, 2x3: ") and "differs" in missing, missing
+
+
+@pytest.mark.parametrize("layer,twin,wrong", [
+    ("LocalResponseNorm", "lrn_backward",                   # dout / den^beta: the window's term forgotten
+     lambda dout, x, *lrn: dout * naive.lrn_forward(x, *lrn) / x),
+    ("MaxPool2D", "maxpool2d_forward", lambda x, *pool, max_pool=naive.maxpool2d_forward: -max_pool(-x, *pool)),
+    ("BatchNormalization", "batchnorm_inference",           # the batch's statistics at inference
+     lambda x, mean, variance, gamma, beta, epsilon: naive.batchnorm_forward(x, gamma, beta, epsilon)),
+])
+def test_a_planted_wrong_twin_fails_naming_its_layer(monkeypatch, layer, twin, wrong):
+    monkeypatch.setattr(naive, twin, wrong)
+    (missing,) = missing_parts(getattr(minialex.layers, layer))
+    assert missing.startswith(f"{layer} equal to its twin (on "), missing
+
+
+class Rolled(Scale):
+    """Scale through an array function the launch counter does not know (``roll``, by zero: a no-op)."""
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        return backend.get_array_module(x).roll(x * 3.0, 0, axis=0)
+
+
+def test_an_array_function_without_a_launch_count_is_named(register):
+    register(Rolled)
+    (missing,) = missing_parts(Rolled)
+    assert missing == "the launches of the array functions it calls (roll): FUNCTION_LAUNCHES in minialex/stand_in.py"

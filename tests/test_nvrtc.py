@@ -4,7 +4,8 @@ On a GPU, CuPy writes a kernel's CUDA source when it is first called (``cupy.Ele
 the CUDA halves of ``minialex.kernels``, ``cupy.fuse`` for ``backend.fuse``'s functions) and compiles it
 with NVRTC, a host library NVIDIA ships on PyPI. Both run here without a card:
 
-1. the tutorial network takes a training step and an inference batch (batch 64, float32 and float64)
+1. the tutorial network (and the one with BatchNormalization, for that layer's elementwise kernels)
+   takes a training step and an inference batch (batch 64, float32 and float64)
    through a stand-in for CuPy (``backend.using_module`` with the launch counter's arrays), which keeps
    each fused kernel's arguments: the real shapes and dtypes;
 2. each call is made again with CuPy's own ``ElementwiseKernel`` and ``cupy.fuse``, on CuPy arrays that
@@ -46,29 +47,37 @@ ArraySpec = namedtuple("ArraySpec", "shape dtype strides")
 
 
 class Recorder(stand_in.CountingModule):
-    """The launch counter's stand-in for CuPy (NumPy underneath, nothing counted) that keeps the function
-    and arguments of every fused kernel (a ``backend.fuse`` function, or a kernel's NumPy half), arrays
-    as their ArraySpec."""
+    """The launch counter's stand-in for CuPy (NumPy underneath, nothing counted) that keeps what runs
+    as a kernel and its arguments (a ``backend.fuse`` function, or a ``kernels.Kernel``), arrays as their
+    ArraySpec."""
 
     def __init__(self):
         super().__init__()
         self.calls = []
 
+    def record(self, what, args):
+        self.calls.append((what, [ArraySpec(a.shape, a.dtype, a.strides) if isinstance(a, numpy.ndarray) else a
+                                  for a in args]))
+
     def fuse(self, function):
         def call(*args):
-            self.calls.append((function, [ArraySpec(a.shape, a.dtype, a.strides) if isinstance(a, numpy.ndarray)
-                                          else a for a in args]))
+            self.record(function, args)
             return function(*args)
         return call
 
+    def run_kernel(self, kernel, *args):
+        self.record(kernel, args)
+        return kernel.numpy_half(*args)
 
-def launched(dtype):
-    """[(function, arguments)] of the fused kernels of one training step and one inference batch."""
+
+def launched(dtype, norm="lrn"):
+    """[(function, arguments)] of the fused kernels of one training step and one inference batch of the
+    tutorial network (``norm='batchnorm'``: the chapter's, with BatchNormalization where LRN is)."""
     recorder = Recorder()
     data = numpy.random.default_rng(0)
     with backend.using_module(recorder, "recording"):
         random.set_seed(0)
-        model = alexnet_mnist(dtype=dtype)
+        model = alexnet_mnist(dtype=dtype, norm=norm)
         model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
         x = backend.to_device(data.random((64, 32, 32, 1)), dtype)
         y = backend.to_device(numpy.eye(10)[data.integers(0, 10, 64)], dtype)
@@ -91,6 +100,18 @@ class DeviceArray(cupy.ndarray):
     def __cupy_override_elementwise_kernel__(self, kernel, *args, **kwargs):
         DeviceArray.written.append(Launch(kernel.name, *elementwise_source(kernel, args), kernel.operation))
 
+    def __matmul__(self, other):            # cuBLAS, not a kernel minialex writes: only its shape matters
+        return device_array(self.shape[:-1] + other.shape[-1:], self.dtype)
+
+    def sum(self, axis=None, out=None, **kwargs):    # CuPy's own reduction, not minialex's: likewise
+        return out if out is not None else device_array(reduced_shape(self.shape, axis), self.dtype)
+
+    mean = sum
+
+
+def reduced_shape(shape, axis):
+    return () if axis is None else tuple(n for k, n in enumerate(shape) if k != axis % len(shape))
+
 
 def device_array(shape, dtype, strides=None):
     dtype = numpy.dtype(dtype)
@@ -99,11 +120,24 @@ def device_array(shape, dtype, strides=None):
     return DeviceArray(shape, dtype, memptr=nowhere, strides=strides)
 
 
+class UnwrittenReduction:
+    """In ``cupy.ReductionKernel``'s place: the reduced array's shape, no source (reductions are checked
+    on a card)."""
+
+    def __init__(self, *definition):
+        pass
+
+    def __call__(self, *args, axis=None):
+        first = next(a for a in args if isinstance(a, cupy.ndarray))
+        outputs = [a for a in args[2:] if isinstance(a, cupy.ndarray)]
+        return outputs[0] if outputs else device_array(reduced_shape(first.shape, axis), first.dtype)
+
+
 class DeviceCupy:
     """Just enough of the cupy module for the kernels' CUDA halves: CuPy's own ElementwiseKernel, and
     arrays that hold no memory."""
     __name__ = "cupy"
-    ElementwiseKernel, uint64 = cupy.ElementwiseKernel, cupy.uint64
+    ElementwiseKernel, ReductionKernel, uint64 = cupy.ElementwiseKernel, UnwrittenReduction, cupy.uint64
 
     @staticmethod
     def empty(shape, dtype):
@@ -115,7 +149,6 @@ class DeviceCupy:
 
 
 DEVICE_CUPY = DeviceCupy()
-NUMPY_HALVES = {kernel.numpy_half: kernel for kernel in vars(kernels).values() if isinstance(kernel, kernels.Kernel)}
 
 
 def cuda_sources(function, args):
@@ -123,8 +156,8 @@ def cuda_sources(function, args):
     ``backend.fuse`` function, as ``backend.fuse`` asks for it (every line of which CuPy writes)."""
     on_device = [device_array(*a) if isinstance(a, ArraySpec) else a for a in args]
     DeviceArray.written = []
-    if function in NUMPY_HALVES:
-        NUMPY_HALVES[function].cuda_half(DEVICE_CUPY, *on_device)
+    if isinstance(function, kernels.Kernel):
+        function.cuda_half(DEVICE_CUPY, *on_device)
         return DeviceArray.written
     cupy.fuse(function)(*on_device)
     return [launch._replace(ours="") for launch in DeviceArray.written]
@@ -265,10 +298,33 @@ def launches(request, nvrtc_ready):
     return list(distinct.values())
 
 
+BATCHNORM_KERNELS = {"minialex_batchnorm_normalize", "minialex_batchnorm_inference",
+                     "minialex_batchnorm_moving_average", "minialex_batchnorm_backward"}
+
+
+@pytest.fixture(scope="module", params=["float32", "float64"])
+def batchnorm_launches(request, nvrtc_ready):
+    """[Launch] of BatchNormalization's elementwise kernels in the chapter's network (its reductions,
+    CuPy's ReductionKernel, are checked on a card)."""
+    distinct = {}
+    for function, args in launched(request.param, norm="batchnorm"):
+        for launch in cuda_sources(function, args):
+            if launch.name in BATCHNORM_KERNELS:
+                distinct.setdefault(launch.source, launch)
+    return list(distinct.values())
+
+
+def test_nvrtc_compiles_batchnorm_s_elementwise_kernels_cleanly(batchnorm_launches):
+    assert {launch.name for launch in batchnorm_launches} == BATCHNORM_KERNELS
+    for arch in ARCHS:
+        found = {f"{launch.name} #{i}": problems(launch, arch) for i, launch in enumerate(batchnorm_launches)}
+        assert not {name: lines for name, lines in found.items() if lines}, arch
+
+
 TUTORIAL_KERNELS = {   # minialex.kernels' (not BatchNormalization's: the network has none) and backend.fuse's
     "minialex_im2col", "minialex_col2im", "minialex_lrn", "minialex_lrn_backward", "minialex_max_pool",
     "minialex_max_pool_backward", "minialex_dropout", "minialex_softmax_cross_entropy", "minialex_adam",
-    "add_bias_relu", "relu_backward", "gradient",
+    "minialex_add_bias_relu", "relu_backward", "gradient",
 }
 
 
@@ -296,7 +352,7 @@ def lrn_launch(dtype, replace=("", "")):
     return launch
 
 
-MISTAKES = {   # (old, new) in the LRN kernel. test_kernels.py's C++ build accepts all but the typo, and
+MISTAKES = {   # (old, new) in the LRN kernel. cpp_kernels.py's C++ build accepts all but the typo, and
                # computes the right numbers: only NVRTC (and CuPy, for the typo) sees them
     "a host-only function": ("max(d - R, 0)", "std::max(d - R, 0)"),      # <algorithm>'s: not device code
     "a missing cast": ("pow(den, beta)", "pow(den, 0.75)"),     # float32: pow(float, double) is ambiguous in CUDA

@@ -10,7 +10,7 @@ A network that ends in softmax and trains with cross-entropy should not run this
 """
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, kernels
 from .base import Layer
 
 
@@ -25,7 +25,8 @@ class ReLU(Layer):
         return y
 
     def forward_after_bias(self, product, bias, training=False):
-        """max(product + bias, 0): on a GPU, Dense's and Conv2D's bias and ReLU in one kernel."""
+        """max(product + bias, 0), written into ``product``: Dense's and Conv2D's bias and ReLU (one kernel
+        on a GPU)."""
         y = add_bias_relu(self._prepare(product), bias)
         if training:
             self._y = y
@@ -35,10 +36,11 @@ class ReLU(Layer):
         return relu_backward(dout, self._y)
 
 
-@backend.fuse
+@kernels.gpu(kernels.add_bias_relu_cuda)
 def add_bias_relu(product, bias):
-    """max(product + bias, 0): one kernel on a GPU (``backend.fuse``)."""
-    return backend.get_array_module(product).maximum(product + bias, 0)
+    """max(product + bias, 0), written into ``product`` (a layer's fresh product); one kernel on a GPU."""
+    product += bias
+    return backend.get_array_module(product).maximum(product, 0, out=product)
 
 
 @backend.fuse
@@ -91,16 +93,16 @@ class WithActivation(Layer):
 
     def _activate(self, product, training, logits):
         """Add the bias (if any) to the layer's own fresh ``product``, then apply the activation, both in
-        place. On a GPU a bias and a ReLU are one kernel instead of two launches (``add_bias_relu``)."""
+        place. A bias and a ReLU go together (``add_bias_relu``: one kernel on a GPU, not two)."""
         activated = self.activation is not None and not logits
         if training:
             self._activated = activated
         bias = self.params.get("bias")
-        if backend.on_cpu(product) or not (activated and bias is not None and isinstance(self.activation, ReLU)):
-            if bias is not None:
-                product += bias
-            return self.activation.forward(product, training, inplace=True) if activated else product
-        return self.activation.forward_after_bias(product, bias, training)     # a GPU: one kernel
+        if activated and bias is not None and isinstance(self.activation, ReLU):
+            return self.activation.forward_after_bias(product, bias, training)
+        if bias is not None:
+            product += bias
+        return self.activation.forward(product, training, inplace=True) if activated else product
 
     def _activation_backward(self, dout):
         return self.activation.backward(dout) if self._activated else dout

@@ -30,7 +30,7 @@ whole, unsharded (``Sequential.train_step``). On the CPU the sums over the rows 
 (57,600 float32 values summed in float32 lose four digits, and BLAS's matrix-vector product would
 change its sums with the thread count). On a GPU: two reductions and a fused kernel for the training
 forward, plus one that moves the statistics (4 launches); two reductions and a kernel backward (3);
-one kernel at inference (``minialex.kernels``).
+one kernel at inference (each function's CUDA half in ``minialex.kernels``).
 """
 from __future__ import annotations
 
@@ -45,6 +45,68 @@ def channel_sums(values, weights=None):
     if weights is None:
         return xp.einsum("mc->c", values, dtype=xp.float64).astype(values.dtype)
     return xp.einsum("mc,mc->c", values, weights, dtype=xp.float64).astype(values.dtype)
+
+
+@kernels.gpu(kernels.batchnorm_statistics_cuda, launches=2)
+def batch_statistics(rows):
+    """(mean, variance) of each column of rows (M, C), the variance biased as Keras's."""
+    M = rows.shape[0]
+    mean = channel_sums(rows) / M
+    centred = rows - mean
+    return mean, channel_sums(centred, centred) / M
+
+
+@kernels.gpu(kernels.batchnorm_normalize_cuda)
+def normalize(rows, mean, variance, gamma, beta, epsilon):
+    """(y, xhat): xhat = (rows - mean) / sqrt(variance + epsilon), y = gamma * xhat + beta, per column
+    (gamma and beta may be the numbers 1 and 0)."""
+    xp = backend.get_array_module(rows)
+    xhat = rows - mean
+    xhat *= 1.0 / xp.sqrt(variance + epsilon)
+    y = xhat * gamma
+    y += beta
+    return y, xhat
+
+
+@kernels.gpu(kernels.batchnorm_inference_cuda)
+def normalize_for_inference(rows, moving_mean, moving_variance, gamma, beta, epsilon):
+    """y = (rows - moving_mean) * gamma / sqrt(moving_variance + epsilon) + beta, per column."""
+    xp = backend.get_array_module(rows)
+    y = rows - moving_mean
+    y *= gamma / xp.sqrt(moving_variance + epsilon)
+    y += beta
+    return y
+
+
+@kernels.gpu(kernels.batchnorm_moving_average_cuda)
+def update_moving_statistics(mean, variance, momentum, moving_mean, moving_variance):
+    """In place: moving = momentum * moving + (1 - momentum) * the batch's, for the mean and the variance."""
+    for moving, batch in ((moving_mean, mean), (moving_variance, variance)):
+        moving *= momentum
+        moving += (1.0 - momentum) * batch
+
+
+@kernels.gpu(kernels.batchnorm_parameter_gradients_cuda, launches=2)
+def parameter_gradients(dout, xhat, dbeta, dgamma):
+    """(d beta, d gamma) = the sums over the rows of dout and of dout * xhat, written into ``dbeta`` and
+    ``dgamma`` where they are arrays (the layer's grads; None where the layer has no beta or gamma)."""
+    sums = channel_sums(dout), channel_sums(dout, xhat)
+    for out, value in zip((dbeta, dgamma), sums):
+        if out is not None:
+            out[...] = value
+    return sums
+
+
+@kernels.gpu(kernels.batchnorm_backward_cuda)
+def batchnorm_backward(dout, xhat, dbeta, dgamma, gamma, variance, epsilon):
+    """dx = gamma / sqrt(variance + epsilon) * (dout - (dbeta + xhat * dgamma) / M), M the number of rows."""
+    xp = backend.get_array_module(dout)
+    dx = xhat * dgamma
+    dx += dbeta
+    dx *= -1.0 / dout.shape[0]
+    dx += dout
+    dx *= gamma / xp.sqrt(variance + epsilon)
+    return dx
 
 
 class BatchNormalization(Layer):
@@ -62,64 +124,31 @@ class BatchNormalization(Layer):
     def create_params(self, input_shape):
         if not input_shape:
             raise ValueError(f"{self.name}: expects inputs with a channels axis after the batch axis")
-        xp, channels = backend.xp(), input_shape[-1]
+        xp, C = backend.xp(), input_shape[-1]
         if self.scale:
-            self.add_param("gamma", xp.ones(channels, dtype=self.dtype))
+            self.add_param("gamma", xp.ones(C, dtype=self.dtype))
         if self.center:
-            self.add_param("beta", xp.zeros(channels, dtype=self.dtype))
-        self.add_state("moving_mean", xp.zeros(channels, dtype=self.dtype))
-        self.add_state("moving_variance", xp.ones(channels, dtype=self.dtype))
+            self.add_param("beta", xp.zeros(C, dtype=self.dtype))
+        self.add_state("moving_mean", xp.zeros(C, dtype=self.dtype))
+        self.add_state("moving_variance", xp.ones(C, dtype=self.dtype))
 
     def forward(self, x, training=False):
         x = self._prepare(x)
         rows = x.reshape(-1, x.shape[-1])
         gamma, beta = self.params.get("gamma", 1.0), self.params.get("beta", 0.0)
         moving_mean, moving_variance = self.state["moving_mean"], self.state["moving_variance"]
-        xp = backend.get_array_module(x)
         if not training:
-            if backend.on_cpu(x):
-                y = rows - moving_mean
-                y *= gamma / xp.sqrt(moving_variance + self.epsilon)
-                y += beta
-            else:   # a GPU: one kernel
-                y, _ = kernels.batchnorm_normalize(rows, moving_mean, moving_variance, gamma, beta, self.epsilon)
+            y = normalize_for_inference(rows, moving_mean, moving_variance, gamma, beta, self.epsilon)
             return y.reshape(x.shape)
-        if backend.on_cpu(x):
-            count = rows.shape[0]
-            mean = channel_sums(rows) / count
-            xhat = rows - mean
-            variance = channel_sums(xhat, xhat) / count
-            xhat *= 1.0 / xp.sqrt(variance + self.epsilon)
-            y = xhat * gamma
-            y += beta
-            for moving, batch in ((moving_mean, mean), (moving_variance, variance)):
-                moving *= self.momentum
-                moving += (1.0 - self.momentum) * batch
-        else:   # a GPU: two reductions, one kernel for y, one for the moving statistics
-            mean = xp.mean(rows, axis=0)
-            variance = kernels.batchnorm_variance(rows, mean)
-            y, xhat = kernels.batchnorm_normalize(rows, mean, variance, gamma, beta, self.epsilon)
-            kernels.batchnorm_moving_average(mean, variance, self.momentum, moving_mean, moving_variance)
-        self._xhat, self._variance = xhat, variance
+        mean, variance = batch_statistics(rows)
+        y, self._xhat = normalize(rows, mean, variance, gamma, beta, self.epsilon)
+        update_moving_statistics(mean, variance, self.momentum, moving_mean, moving_variance)
+        self._variance = variance
         return y.reshape(x.shape)
 
     def backward(self, dout, input_grad=True):
-        xhat, variance = self._xhat, self._variance
-        rows = dout.reshape(xhat.shape)
-        gamma = self.params.get("gamma", 1.0)
-        if backend.on_cpu(dout):
-            xp = backend.get_array_module(dout)
-            dbeta, dgamma = channel_sums(rows), channel_sums(rows, xhat)
-            for name, grad in (("beta", dbeta), ("gamma", dgamma)):
-                if name in self.grads:
-                    self.grads[name][...] = grad
-            dx = xhat * dgamma
-            dx += dbeta
-            dx *= -1.0 / rows.shape[0]
-            dx += rows
-            dx *= gamma / xp.sqrt(variance + self.epsilon)
-        else:   # a GPU: two reductions (into the gradients' places), one kernel for dx
-            dbeta = rows.sum(axis=0, out=self.grads.get("beta"))
-            dgamma = kernels.batchnorm_dgamma(rows, xhat, self.grads.get("gamma"))
-            dx = kernels.batchnorm_backward(rows, xhat, dbeta, dgamma, gamma, variance, self.epsilon)
+        rows = dout.reshape(self._xhat.shape)
+        dbeta, dgamma = parameter_gradients(rows, self._xhat, self.grads.get("beta"), self.grads.get("gamma"))
+        dx = batchnorm_backward(rows, self._xhat, dbeta, dgamma, self.params.get("gamma", 1.0), self._variance,
+                                self.epsilon)
         return dx.reshape(dout.shape)

@@ -20,7 +20,8 @@ KH*KW small products and KH*KW slice-adds straight into dx, each skipping what i
 padding (``col2im`` stays as the reference it is tested against).
 The first layer of a model needs no dx at all (``backward(dout, input_grad=False)``).
 On a GPU, where each launch costs more than these small products, the padding and im2col are one
-kernel, and dx is one product dcols = dz @ K^T and one col2im kernel (``minialex.kernels``).
+kernel, and dx is one product dcols = dz @ K^T and one col2im kernel (``kernels.gpu`` marks each
+function's CUDA half in ``minialex.kernels``).
 
 Output sizes are Keras's: 'valid' floor((H - KH) / SH) + 1, 'same' ceil(H / SH), with the 'same'
 zeros split as TensorFlow does (the odd one at the bottom/right).
@@ -32,26 +33,27 @@ from .activations import WithActivation
 from .base import check_padding, glorot_uniform, normalize_pair, same_padding, window_output_size
 
 
-def im2col(xpad, kernel_size, strides, out_size):
-    """(N, Hp, Wp, C) -> cols (N*OH*OW, KH*KW*C).
+@kernels.gpu(kernels.im2col_cuda)
+def im2col(x, pads, kernel_size, strides, out_size):
+    """x (N, H, W, C), padded with ``pads`` = ((top, bottom), (left, right)) zeros -> cols (N*OH*OW, KH*KW*C).
 
     Each window is a strided view of xpad; one copy lays them out as rows. With a single input
     channel a row would be KH*KW scattered scalars, so cols^T is filled instead, one tap (a whole
     shifted image) at a time, and returned transposed: the same matrix, copied in long runs.
     """
-    xp = backend.get_array_module(xpad)
+    xp = backend.get_array_module(x)
+    xpad = xp.pad(x, ((0, 0), *pads, (0, 0))) if any(map(any, pads)) else x
     (KH, KW), (SH, SW), (OH, OW) = kernel_size, strides, out_size
     N, _, _, C = xpad.shape
-    rows, width = N * OH * OW, KH * KW * C
     if C == 1:
-        cols_t = xp.empty((width, N, OH, OW), dtype=xpad.dtype)
+        cols_t = xp.empty((KH * KW, N, OH, OW), dtype=xpad.dtype)
         for i in range(KH):
             for j in range(KW):
                 cols_t[i * KW + j] = xpad[:, i:i + SH * OH:SH, j:j + SW * OW:SW, 0]
-        return cols_t.reshape(width, rows).T
+        return cols_t.reshape(KH * KW, N * OH * OW).T
     s_n, s_h, s_w, s_c = xpad.strides
     windows = backend.as_strided(xpad, (N, OH, OW, KH, KW, C), (s_n, s_h * SH, s_w * SW, s_h, s_w, s_c))
-    cols = xp.empty((rows, width), dtype=xpad.dtype)
+    cols = xp.empty((N * OH * OW, KH * KW * C), dtype=xpad.dtype)
     cols.reshape(N, OH, OW, KH, KW, C)[...] = windows   # a view: the copy lands in cols
     return cols
 
@@ -69,6 +71,7 @@ def col2im(dcols, padded_shape, kernel_size, strides, out_size):
     return dxpad
 
 
+@kernels.gpu(kernels.col2im_by_taps_cuda, launches=2)
 def col2im_by_taps(dz, kernel, input_shape, pads, strides, out_size):
     """dx = col2im(dz @ K^T) with the padding cropped off, computed tap by tap: each (i, j) adds
     dz @ kernel[i, j]^T to the input pixels it read. What a tap read from the padding is skipped, so
@@ -139,15 +142,9 @@ class Conv2D(WithActivation):
 
     def forward(self, x, training=False, logits=False):
         x = self._prepare(x)
-        xp = backend.get_array_module(x)
         N = x.shape[0]
         OH, OW, F = self.output_shape
-        pad_h, pad_w = self._pads()
-        if backend.on_cpu(x):
-            xpad = xp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))) if self.padding == "same" else x
-            cols = im2col(xpad, self.kernel_size, self.strides, (OH, OW))
-        else:   # a GPU: the same cols from one kernel
-            cols = kernels.im2col(x, (pad_h, pad_w), self.kernel_size, self.strides, (OH, OW))
+        cols = im2col(x, self._pads(), self.kernel_size, self.strides, (OH, OW))
         product = cols @ self.params["kernel"].reshape(-1, F)        # z = cols @ K + bias, then the activation
         if training:
             self._cols, self._x_shape = cols, x.shape
@@ -156,14 +153,10 @@ class Conv2D(WithActivation):
     def backward(self, dout, input_grad=True):
         OH, OW, F = self.output_shape
         dz = self._activation_backward(dout).reshape(-1, F)
-        kernel = self.params["kernel"]
         xp = backend.get_array_module(dz)
         xp.matmul(self._cols.T, dz, out=self.grads["kernel"].reshape(-1, F))     # d kernel = cols^T @ dz, in place
         if self.use_bias:
             dz.sum(axis=0, out=self.grads["bias"])
         if not input_grad:
             return None
-        if backend.on_cpu(dz):
-            return col2im_by_taps(dz, kernel, self._x_shape, self._pads(), self.strides, (OH, OW))
-        dcols = dz @ kernel.reshape(-1, F).T     # a GPU: one product, then col2im in one kernel
-        return kernels.col2im(dcols, self._x_shape, self._pads(), self.kernel_size, self.strides, (OH, OW))
+        return col2im_by_taps(dz, self.params["kernel"], self._x_shape, self._pads(), self.strides, (OH, OW))

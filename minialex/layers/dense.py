@@ -26,8 +26,8 @@ class Dense(WithActivation):
         return (self.units,)
 
     def create_params(self, input_shape):
-        (d_in,) = input_shape
-        self.add_param("kernel", glorot_uniform((d_in, self.units), d_in, self.units, self.dtype))
+        (D_in,) = input_shape
+        self.add_param("kernel", glorot_uniform((D_in, self.units), D_in, self.units, self.dtype))
         if self.use_bias:
             self.add_param("bias", backend.xp().zeros(self.units, dtype=self.dtype))
 

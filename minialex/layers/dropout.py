@@ -5,12 +5,20 @@ Inference: y = x.
 Kept units are scaled up by 1 / (1 - rate) during training, so nothing changes at inference time.
 Backward: dx = dout * mask (the same mask). Masks come from the run's generator
 (``minialex.random.get_rng()``), so a seed fixes them. On a GPU one kernel draws the same numbers,
-makes the mask and applies it (``minialex.kernels.dropout``).
+makes the mask and applies it (``kernels.dropout_cuda``).
 """
 from __future__ import annotations
 
-from .. import backend, kernels, random
+from .. import kernels, random
 from .base import Layer
+
+
+@kernels.gpu(kernels.dropout_cuda)
+def dropout(x, rate, rng):
+    """(y, mask): mask = [u >= rate] / (1 - rate), u the generator's next x.size draws; y = x * mask."""
+    keep = rng.random(x.shape, x.dtype, like=x) >= rate
+    mask = keep.astype(x.dtype) * (1.0 / (1.0 - rate))
+    return x * mask, mask
 
 
 class Dropout(Layer):
@@ -27,12 +35,7 @@ class Dropout(Layer):
         if self.rate == 0.0:
             self._mask = None
             return x
-        if backend.on_cpu(x):
-            keep = random.get_rng().random(x.shape, x.dtype, like=x) >= self.rate
-            self._mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.rate))
-            return x * self._mask
-        # a GPU: one kernel
-        y, self._mask = kernels.dropout(x, self.rate, random.get_rng())
+        y, self._mask = dropout(x, self.rate, random.get_rng())
         return y
 
     def backward(self, dout, input_grad=True):
