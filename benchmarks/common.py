@@ -85,7 +85,7 @@ def layer_inputs(model, x):
 
 def layer_flops(layer, batch, backward=True, input_grad=True):
     """Multiply-adds x 2 of a Conv2D's or Dense's matrix products (others: 0)."""
-    if not layer.params:
+    if "kernel" not in layer.params:
         return 0
     kernel = layer.params["kernel"]
     rows = batch * (layer.output_shape[0] * layer.output_shape[1] if kernel.ndim == 4 else 1)

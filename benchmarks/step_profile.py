@@ -1,6 +1,6 @@
 """Where one training step's time goes, measured inside the real step (not each layer alone).
 
-    python3 benchmarks/step_profile.py [--threads N] [--steps 60] [--data-dir DIR]
+    python3 benchmarks/step_profile.py [--threads N] [--steps 60] [--norm lrn|batchnorm] [--data-dir DIR]
 
 The tutorial model trains on real MNIST batches of 64 (random images if MNIST is absent) exactly as
 ``fit`` runs it: ``train_step`` (on the CPU, shards side by side, one per thread) then
@@ -54,6 +54,25 @@ class Clock:
 
         setattr(owner, method, timed)
 
+    def wrap_program(self, owner, method, part, phase):
+        """Like ``wrap``, for a shard's program (a generator: ``Layer.forward_meeting``): the time it runs
+        between its meetings, not the time it waits in them."""
+        function = getattr(owner, method)
+
+        def timed(*args, **kwargs):
+            program, total = function(*args, **kwargs), None
+            while True:
+                start = time.perf_counter()
+                try:
+                    part_sums = program.send(total)
+                except StopIteration as finished:
+                    return finished.value
+                finally:
+                    self.step[part, phase, threading.get_ident()] += time.perf_counter() - start
+                total = yield part_sums
+
+        setattr(owner, method, timed)
+
     def end_step(self):
         self.steps.append(self.step)
         self.step = collections.defaultdict(float)
@@ -75,6 +94,9 @@ def instrument(model, clock):
         for layer in network.layers:
             clock.wrap(layer, "forward", layer.name, "forward")
             clock.wrap(layer, "backward", layer.name, "backward")
+            if layer.mixes_samples:     # in shards it runs these instead, meeting the other shards
+                clock.wrap_program(layer, "forward_meeting", layer.name, "forward")
+                clock.wrap_program(layer, "backward_meeting", layer.name, "backward")
         clock.wrap(network.loss, "forward", "loss", "forward")
         clock.wrap(network.loss, "backward", "loss", "backward")
 
@@ -119,11 +141,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: BLAS's own)")
     parser.add_argument("--steps", type=int, default=60, help="timed steps (after 10 warm-up steps)")
     parser.add_argument("--data-dir", default=common.DATA_DIR)
+    parser.add_argument("--norm", default="lrn", choices=["lrn", "batchnorm"],
+                        help="the tutorial's network (lrn) or its BatchNorm chapter's")
     args = parser.parse_args(argv)
     threads = common.set_threads(args.threads)
     load_before = common.machine_load()
     gemm = common.gemm_rate()
-    model = common.tutorial_model()
+    model = common.tutorial_model(norm=args.norm)
     batches, source = real_batches(args.data_dir, args.steps + 10)
     model.train_step(*batches[0])                 # builds the replicas
     model.apply_gradients()
@@ -170,7 +194,7 @@ def main(argv=None):
     print(f"| one shard, all of the above | {1000 * totals['forward']:.2f} | {1000 * totals['backward']:.2f} | "
           f"{1000 * totals['products']:.2f} | {shard_ms - 1000 * totals['products']:.2f} | |")
     print(f"| Adam (one thread, flat buffer) | | | | {1000 * adam:.2f} | |")
-    print(f"| the rest: hand-offs, summing the shards' gradients | | | | "
+    print(f"| the rest: hand-offs and meetings, summing the shards' gradients | | | | "
           f"{step_ms - shard_ms * len(shards) / min(len(shards), threads or 1) - 1000 * adam:.2f} | |")
     flops = common.step_flops(model)
     print(f"\nstep: {step_ms:.1f} ms median over {len(step_times)} steps ({flops / 1e9:.2f} GFLOP, "

@@ -376,8 +376,7 @@ BATCHNORM_BACKWARD = ("batchnorm_backward", "T dout, T xhat, T dbeta, T dgamma, 
 """)
 
 
-def batchnorm_backward_cuda(cupy, dout, xhat, dbeta, dgamma, gamma, variance, epsilon):
+def batchnorm_backward_cuda(cupy, dout, xhat, dbeta, dgamma, gamma, variance, epsilon, M):
     dx = cupy.empty_like(dout)
-    _elementwise(cupy, BATCHNORM_BACKWARD)(dout, xhat, dbeta, dgamma, gamma, variance, epsilon,
-                                           1.0 / dout.shape[0], dx)
+    _elementwise(cupy, BATCHNORM_BACKWARD)(dout, xhat, dbeta, dgamma, gamma, variance, epsilon, 1.0 / M, dx)
     return dx

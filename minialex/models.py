@@ -29,6 +29,7 @@ import os
 from . import backend, checks, data_parallel, flat, parallel, training
 from .layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D,
                      Softmax)
+from .layers.base import alone
 from .losses import SoftmaxCrossEntropy
 from .optimizers import get_optimizer
 from .serialization import WEIGHTS_FORMAT, describe, load_npz, save_npz
@@ -98,11 +99,6 @@ class Sequential:
         return dtypes.pop() if dtypes else "float32"
 
     @property
-    def mixes_samples(self):
-        """True when a layer's training output for one sample depends on the others (``Layer.mixes_samples``)."""
-        return any(layer.mixes_samples for layer in self.layers)
-
-    @property
     def trainable_weights(self) -> list:
         return [w for layer in self.layers for w in layer.trainable_weights]
 
@@ -163,12 +159,18 @@ class Sequential:
 
     def _forward(self, x, training=False, logits=False):
         """Run the layers in order; ``logits=True`` stops before the final softmax."""
+        return alone(self._forward_meeting(x, training, logits))
+
+    def _forward_meeting(self, x, training, logits):
+        """``_forward`` as a shard's program (see ``forward_loss_meeting``)."""
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if i == last and logits:
                 if isinstance(layer, Softmax):
                     break
                 x = layer.forward(x, training=training, logits=True)
+            elif training and layer.mixes_samples:
+                x = yield from layer.forward_meeting(x)
             else:
                 x = layer.forward(x, training=training)
         return x
@@ -187,8 +189,14 @@ class Sequential:
 
     def forward_loss(self, x, y, training=True):
         """Forward pass and loss of one batch: (mean loss, number of correct predictions), on the device."""
+        return alone(self.forward_loss_meeting(x, y, training))
+
+    def forward_loss_meeting(self, x, y, training=True):
+        """``forward_loss`` over one shard of a batch, as the shard's program (a generator, run by
+        ``parallel.run_meeting``): at each layer that mixes samples it yields its rows' sums and goes on
+        with the whole batch's (``Layer.forward_meeting``)."""
         xp = backend.get_array_module(x)
-        out = self._forward(x, training=training, logits=self._fused_softmax)
+        out = yield from self._forward_meeting(x, training, logits=self._fused_softmax)
         loss = self.loss.forward(out, y)
         correct = (out.argmax(axis=1) == y.argmax(axis=1)).sum(dtype=xp.int64)
         return loss, correct
@@ -200,14 +208,21 @@ class Sequential:
         layer then skips the product that would compute it. ``batch_size``: the whole batch's size
         when this batch is one shard of it.
         """
+        return alone(self.backward_meeting(input_grad, batch_size))
+
+    def backward_meeting(self, input_grad=False, batch_size=None):
+        """``backward`` after ``forward_loss_meeting``, as the shard's program: it meets the other shards
+        at each layer that mixes samples (``Layer.backward_meeting``)."""
         dout = self.loss.backward(batch_size)
         skip_softmax = self._fused_softmax and isinstance(self.layers[-1], Softmax)
         layers = self.layers[:-1] if skip_softmax else self.layers
-        if not layers:
-            return dout
-        for layer in reversed(layers[1:]):
-            dout = layer.backward(dout)
-        return layers[0].backward(dout, input_grad=input_grad)
+        for i in reversed(range(len(layers))):
+            asked = {} if i else {"input_grad": input_grad}       # the first layer's dx only when asked for
+            if layers[i].mixes_samples:
+                dout = yield from layers[i].backward_meeting(dout, **asked)
+            else:
+                dout = layers[i].backward(dout, **asked)
+        return dout
 
     def train_step(self, x, y):
         """Forward and backward over one batch: fills the gradients; returns (mean loss, correct count),

@@ -1,5 +1,6 @@
 """BatchNormalization: Keras's semantics, equal to its plain twin, its weights that are not trained,
-its GPU path, and how a model holding it trains (unsharded: the layer mixes the samples of a batch).
+its GPU path, and how a model holding it trains in shards (which meet: the layer mixes the samples of
+a batch).
 
 The data-parallel tests compare models in float64, so that only summation order could differ; the
 thread-count test in float32, bit for bit.
@@ -215,26 +216,39 @@ def test_the_guard_puts_back_the_moving_statistics_with_the_weights(monkeypatch)
 
 # ---- a layer that mixes samples and the data-parallel step ----------------------------------------
 
-def test_a_model_that_mixes_samples_trains_each_batch_whole():
-    """The same numbers, bit for bit, as forward_loss + backward over the whole batch, where a model
-    without BatchNormalization would run 2 shards."""
-    assert len(shard_plan(64)) == 2 and not alexnet_mnist().mixes_samples
+def unsharded(steps, n):
+    """The small model after ``steps`` steps over whole batches of n: forward_loss, backward and
+    apply_gradients, with their results."""
     model = small_model()
-    assert model.mixes_samples
-    results = [model.train_on_batch(*batch(64, seed=step)) for step in range(3)]
-    plain = small_model()                                   # the same seed: the same weights and dropout masks
-    for step in range(3):
-        x, y = plain.prepare_inputs(*batch(64, seed=step))
-        loss, correct = plain.forward_loss(x, y)
-        plain.backward()
-        plain.apply_gradients()
-        assert results[step] == [float(loss), float(correct) / 64]
-    np.testing.assert_array_equal(model.flat_parameters, plain.flat_parameters)
-    np.testing.assert_array_equal(model.flat_state, plain.flat_state)
+    results = []
+    for step in range(steps):
+        x, y = model.prepare_inputs(*batch(n, seed=step))
+        loss, correct = model.forward_loss(x, y)
+        model.backward()
+        model.apply_gradients()
+        results.append([float(loss), float(correct) / n])
+    return model, results
 
 
-def test_sharding_it_would_be_wrong(monkeypatch):
-    """Why: shards normalise by their own rows' statistics, and share one set of moving statistics."""
+@pytest.mark.parametrize("threads, n, shards", [(1, 64, 2), (2, 64, 2), (2, 100, 3), (1, 128, 4), (2, 128, 4)])
+def test_the_sharded_step_equals_the_unsharded_one(threads, n, shards):
+    """The shards meet at each BatchNormalization and normalise by the whole batch's statistics, so
+    the step is the unsharded one up to summation order, its moving statistics the whole batch's;
+    with fewer threads than shards too (they run in turns)."""
+    assert len(shard_plan(n)) == shards
+    plain, plain_results = unsharded(3, n)
+    model = small_model()
+    with threadpool_limits(threads, user_api="blas"):
+        results = [model.train_on_batch(*batch(n, seed=step)) for step in range(3)]
+    np.testing.assert_allclose(results, plain_results, rtol=1e-12)
+    np.testing.assert_allclose(model.flat_gradients, plain.flat_gradients, rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(model.flat_parameters, plain.flat_parameters, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(model.flat_state, plain.flat_state, rtol=1e-12)
+
+
+def test_shards_that_did_not_meet_would_be_wrong(monkeypatch):
+    """Why they meet: alone, each shard would normalise by its own rows' statistics, and the moving
+    statistics would follow shard 0's."""
     plain = small_model()
     plain.train_on_batch(*batch(64))
     monkeypatch.setattr(BatchNormalization, "mixes_samples", False)   # as if it did not mix them
@@ -242,6 +256,24 @@ def test_sharding_it_would_be_wrong(monkeypatch):
     sharded.train_on_batch(*batch(64))
     assert np.abs(sharded.flat_parameters - plain.flat_parameters).max() > 1e-6
     assert np.abs(sharded.flat_state - plain.flat_state).max() > 1e-3
+
+
+def test_the_tutorial_network_changes_no_bit_with_the_thread_count():
+    """The chapter's network, a batch of 64 (2 shards) and a last one of 32 (2 shards of 16)."""
+    rng = np.random.default_rng(4)
+    x = rng.random((96, 32, 32, 1), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 96)]
+    runs = []
+    for threads in (1, 2, 4):
+        random.set_seed(0)
+        model = alexnet_mnist(norm="batchnorm")
+        model.compile(optimizer="adam", loss="categorical_crossentropy")
+        with threadpool_limits(threads, user_api="blas"):
+            history = model.fit(x, y, epochs=1, batch_size=64, shuffle=False, verbose=0)
+        runs.append((history.history, model.flat_parameters.copy(), model.flat_state.copy()))
+    for history, params, state in runs[1:]:
+        assert history == runs[0][0]
+        assert np.array_equal(params, runs[0][1]) and np.array_equal(state, runs[0][2])
 
 
 @pytest.mark.parametrize("n", [64, 100])

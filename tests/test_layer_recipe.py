@@ -4,7 +4,8 @@ Every public layer of ``minialex.layers`` has each part the recipe asks for: its
 contract's table, its plain twin and how the layer calls it, a gradient check of the layer and one of
 its twin, the layer equal to its twin (training forward, backward, inference) on every one of its
 gradient-check cases, its Keras mapping (or an explicit None: no Keras counterpart), a GPU path that
-gives the CPU's results, a launch budget, and a launch count for every array function it calls.
+gives the CPU's results, a launch budget, a launch count for every array function it calls, and
+for a layer that mixes samples, shards that meet to give the whole batch's results.
 ``missing_parts`` names what a layer lacks or gets wrong, and where it goes; a made-up layer shows
 that each part's absence is caught, and a planted wrong twin that a wrong twin is.
 """
@@ -18,6 +19,7 @@ import minialex.layers
 from minialex import backend, gradcheck, keras_weights, naive, random, stand_in
 from minialex.layers import Layer
 from minialex.layers import base as layer_base
+from minialex.parallel import run_meeting
 
 from . import layer_budgets, layer_twins
 from .test_layers import documented_saved_state
@@ -80,6 +82,32 @@ def twin_problem(make_layer, shape):
     return None
 
 
+def shards_problem(make_layer, shape):
+    """None if the layer's shard programs (``forward_meeting``, ``backward_meeting``), the batch cut in
+    two shards that meet (``parallel.run_meeting``), give its whole-batch training forward, dx, weight
+    gradients and state; else what differs."""
+    whole = make_layer()
+    if not all(callable(getattr(whole, way, None)) for way in ("forward_meeting", "backward_meeting")):
+        return "it has no forward_meeting and backward_meeting"
+    x = gradcheck.tie_free(shape, seed=3)
+    y = whole.forward(x, training=True)
+    dout = gradcheck.tie_free(y.shape, seed=4)
+    expected = {"y": y, "dx": whole.backward(dout), **{f"d{name}": grad for name, grad in whole.grads.items()},
+                **whole.state}
+    own = make_layer()
+    shards = [own, own.replica()]
+    shards[1].grads = {name: np.zeros_like(grad) for name, grad in own.grads.items()}     # as a model's replica
+    rows = [slice(0, shape[0] // 2), slice(shape[0] // 2, shape[0])]
+    ys = run_meeting(lambda k: shards[k].forward_meeting(x[rows[k]]), 2)
+    dxs = run_meeting(lambda k: shards[k].backward_meeting(dout[rows[k]]), 2)
+    got = {"y": np.concatenate(ys), "dx": np.concatenate(dxs),
+           **{f"d{name}": grad + shards[1].grads[name] for name, grad in own.grads.items()}, **own.state}
+    for what, value in expected.items():
+        if not np.allclose(got[what], value, rtol=1e-12, atol=1e-14):
+            return f"{what} differs"
+    return None
+
+
 def missing_parts(cls):
     """[what the recipe asks of layer class ``cls`` that it lacks or gets wrong, and where it goes]."""
     name, missing = cls.__name__, []
@@ -105,6 +133,12 @@ def missing_parts(cls):
         if differences:
             missing.append(f"{name} equal to its twin (on {'; '.join(differences)}): the layer, or its twin in "
                            "minialex/naive.py, is wrong")
+    if cls.mixes_samples:
+        problems = [f"{what}: {problem}" for what, make_layer, shape in cases
+                    if (problem := shards_problem(make_layer, shape))]
+        if problems:
+            missing.append(f"its shards meeting (on {'; '.join(problems)}): forward_meeting and backward_meeting "
+                           "that yield their sums (see mixes_samples in minialex/layers/base.py)")
     if name not in keras_weights.KERAS_CLASSES:
         missing.append("its Keras mapping: KERAS_CLASSES in minialex/keras_weights.py (None: no Keras counterpart)")
     problems = [gpu_path_problem(make_layer, shape) for _, make_layer, shape in cases]
@@ -276,6 +310,43 @@ def test_a_planted_wrong_twin_fails_naming_its_layer(monkeypatch, layer, twin, w
     monkeypatch.setattr(naive, twin, wrong)
     (missing,) = missing_parts(getattr(minialex.layers, layer))
     assert missing.startswith(f"{layer} equal to its twin (on "), missing
+
+
+# ---- a layer that mixes samples: its shards must meet -------------------------------------------------
+
+class Centre(Scale):
+    """y = x minus the batch's mean: a layer that mixes samples, its shards meeting as the recipe says."""
+
+    mixes_samples = True
+
+    def forward(self, x, training=False):
+        return x - x.mean(axis=0)
+
+    def backward(self, dout, input_grad=True):
+        return dout - dout.mean(axis=0)
+
+    def forward_meeting(self, x):
+        total, count = yield x.sum(axis=0), x.shape[0]
+        return x - total / count
+
+    def backward_meeting(self, dout, input_grad=True):
+        total, count = yield dout.sum(axis=0), dout.shape[0]
+        return dout - total / count
+
+
+class CentreByItsOwnRows(Centre):
+    """Centre, its shards each taking their own rows' mean: they never meet."""
+
+    def forward_meeting(self, x):
+        return self.forward(x)
+        yield                                  # noqa: a generator that never meets
+
+
+def test_a_layer_that_mixes_samples_must_meet_the_other_shards():
+    assert shards_problem(Centre, (6, 3)) is None
+    assert shards_problem(CentreByItsOwnRows, (6, 3)) == "y differs"
+    assert shards_problem(type("Unmet", (Scale,), {"mixes_samples": True}), (6, 3)) == \
+        "it has no forward_meeting and backward_meeting"
 
 
 class Rolled(Scale):

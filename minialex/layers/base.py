@@ -16,8 +16,14 @@ The contract (tests, the gradient checker and Sequential rely on it):
   non-trainable weights), but they have no gradient and the optimiser never sees them (a model keeps
   them in a flat buffer of their own). A training forward may update them, in place;
 - ``mixes_samples``: True for a layer whose training output for one sample depends on the other
-  samples of the batch (BatchNormalization's batch statistics). ``Sequential.train_step`` then runs
-  the batch whole: shards would each see only their own rows;
+  samples of the batch (BatchNormalization's batch statistics). Such a layer's training forward and
+  backward are also programs for one shard of the batch: ``forward_meeting(x)`` and
+  ``backward_meeting(dout, input_grad)`` are generators that yield their rows' sums where they need
+  the whole batch's, and go on with the totals that the ``yield`` returns (``parallel.run_meeting``
+  adds up every shard's part, in shard order). A batch in one piece runs the same sums through the
+  same code, as its only shard (``alone``), so each formula is written once. What is done once a
+  batch (BatchNormalization's moving statistics, its gamma and beta gradients) a replica
+  (``is_replica``) leaves to the model's own layer, which runs shard 0;
 - layers with parameters take ``dtype=`` (default 'float32'; the gradient checks use 'float64') and
   create them from ``input_shape=`` or on the first forward, on the active backend;
 - a layer runs on whatever backend its input lives on: it takes ``xp`` from its arrays;
@@ -30,7 +36,7 @@ The contract (tests, the gradient checker and Sequential rely on it):
     MaxPool2D             _x, _y, _column_max (the first pass's maxima; None on a GPU, whose kernel reads x)
     LocalResponseNorm     _x, _y, _den, _den_beta (den^beta; None on a GPU, whose kernel recomputes it)
     Dropout               _mask (None when rate = 0)
-    BatchNormalization    _xhat (the normalised input), _variance (the batch's)
+    BatchNormalization    _xhat (the normalised input), _variance (the batch's), _M (the batch's rows)
     ReLU, Softmax         _y
     Flatten               _x_shape
 
@@ -49,6 +55,8 @@ class Layer:
     input_ndim: int | None = None
     #: True when a sample's training output depends on the other samples of its batch (see above)
     mixes_samples: bool = False
+    #: True on a copy made by ``replica()`` for one shard of a data-parallel step
+    is_replica: bool = False
 
     def __init__(self, input_shape=None, dtype="float32", name=None):
         self.dtype = dtype
@@ -142,9 +150,9 @@ class Layer:
     def replica(self):
         """A shallow copy for one shard of a data-parallel step: the same ``params`` and ``state`` arrays,
         its own ``grads`` and per-call attributes (a layer it holds, such as Conv2D's ReLU, is copied the
-        same way). A layer that ``mixes_samples`` never runs in shards."""
+        same way), marked ``is_replica``."""
         replica = copy.copy(self)
-        replica.grads = {}
+        replica.grads, replica.is_replica = {}, True
         for name, value in vars(self).items():
             if isinstance(value, Layer):
                 setattr(replica, name, value.replica())
@@ -155,6 +163,17 @@ class Layer:
 
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r}, output_shape={self.output_shape})"
+
+
+def alone(program):
+    """What a shard's ``program`` (see ``mixes_samples``) returns when its shard is the whole batch:
+    every part of a sum that it yields is the total, handed straight back."""
+    total = None
+    try:
+        while True:
+            total = program.send(total)
+    except StopIteration as finished:
+        return finished.value
 
 
 def glorot_uniform(shape, fan_in, fan_out, dtype):

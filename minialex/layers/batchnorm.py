@@ -25,35 +25,50 @@ variance, so dx is more than dout * gamma / sqrt(var + epsilon):
 two directions that normalising removes, a constant shift and a rescaling of the channel).
 ``minialex.naive.batchnorm_backward`` reaches the same numbers step by step, through var and mean.
 
-The layer mixes the samples of its batch (``mixes_samples``): a model holding one trains each batch
-whole, unsharded (``Sequential.train_step``). On the CPU the sums over the rows add up in float64
-(57,600 float32 values summed in float32 lose four digits, and BLAS's matrix-vector product would
-change its sums with the thread count). On a GPU: two reductions and a fused kernel for the training
-forward, plus one that moves the statistics (4 launches); two reductions and a kernel backward (3);
-one kernel at inference (each function's CUDA half in ``minialex.kernels``).
+The layer mixes the samples of its batch (``mixes_samples``), and a CPU training step runs the batch
+in shards side by side (``minialex.data_parallel``): the shards meet wherever the layer needs a sum
+over the whole batch, twice forward (the mean, then the variance) and once backward (d beta and
+d gamma). Each shard gives its rows' sums, added up in float64 (57,600 float32 values summed in
+float32 lose four digits, and BLAS's matrix-vector product would change its sums with the thread
+count); the parts are added in shard order (``parallel.run_meeting``), so every shard normalises by
+the same statistics of the whole batch, whatever the thread count: SyncBatchNorm, across threads.
+``statistics_meeting`` and ``parameter_gradient_meeting`` are those shard programs; a batch in one
+piece runs them ``alone``. The moving statistics move and d gamma, d beta are written once a batch,
+by the model's own layer (shard 0's); its replicas leave them. On a GPU the batch runs whole: two
+reductions and a fused kernel for the training forward, plus one that moves the statistics (4
+launches); two reductions and a kernel backward (3); one kernel at inference (each function's CUDA
+half in ``minialex.kernels``).
 """
 from __future__ import annotations
 
 from .. import backend, kernels
-from .base import Layer
+from .base import Layer, alone
 
 
 def channel_sums(values, weights=None):
-    """sum over the rows of values (times weights), per channel: (M, C) -> (C,), added up in float64
-    and returned in the values' dtype."""
+    """sum over the rows of values (times weights), per channel: (M, C) -> (C,), added up and returned
+    in float64."""
     xp = backend.get_array_module(values)
     if weights is None:
-        return xp.einsum("mc->c", values, dtype=xp.float64).astype(values.dtype)
-    return xp.einsum("mc,mc->c", values, weights, dtype=xp.float64).astype(values.dtype)
+        return xp.einsum("mc->c", values, dtype=xp.float64)
+    return xp.einsum("mc,mc->c", values, weights, dtype=xp.float64)
+
+
+def statistics_meeting(rows):
+    """(mean, variance, M) of each column of the whole batch's rows, as one shard's program (see
+    ``Layer.mixes_samples``): it yields this shard's sums and row count, then goes on with the totals."""
+    total, M = yield channel_sums(rows), rows.shape[0]
+    mean = (total / M).astype(rows.dtype)
+    centred = rows - mean
+    variance = ((yield channel_sums(centred, centred)) / M).astype(rows.dtype)
+    return mean, variance, M
 
 
 @kernels.gpu(kernels.batchnorm_statistics_cuda, launches=2)
 def batch_statistics(rows):
     """(mean, variance) of each column of rows (M, C), the variance biased as Keras's."""
-    M = rows.shape[0]
-    mean = channel_sums(rows) / M
-    centred = rows - mean
-    return mean, channel_sums(centred, centred) / M
+    mean, variance, _ = alone(statistics_meeting(rows))
+    return mean, variance
 
 
 @kernels.gpu(kernels.batchnorm_normalize_cuda)
@@ -86,24 +101,33 @@ def update_moving_statistics(mean, variance, momentum, moving_mean, moving_varia
         moving += (1.0 - momentum) * batch
 
 
-@kernels.gpu(kernels.batchnorm_parameter_gradients_cuda, launches=2)
-def parameter_gradients(dout, xhat, dbeta, dgamma):
-    """(d beta, d gamma) = the sums over the rows of dout and of dout * xhat, written into ``dbeta`` and
-    ``dgamma`` where they are arrays (the layer's grads; None where the layer has no beta or gamma)."""
-    sums = channel_sums(dout), channel_sums(dout, xhat)
+def parameter_gradient_meeting(dout, xhat, dbeta, dgamma):
+    """(d beta, d gamma) of the whole batch, the sums over its rows of dout and of dout * xhat, as one
+    shard's program: it yields this shard's sums and goes on with the totals, which it writes into
+    ``dbeta`` and ``dgamma`` where they are arrays (None: a replica's, or a layer without beta or gamma)."""
+    totals = yield channel_sums(dout), channel_sums(dout, xhat)
+    sums = tuple(total.astype(dout.dtype) for total in totals)
     for out, value in zip((dbeta, dgamma), sums):
         if out is not None:
             out[...] = value
     return sums
 
 
+@kernels.gpu(kernels.batchnorm_parameter_gradients_cuda, launches=2)
+def parameter_gradients(dout, xhat, dbeta, dgamma):
+    """(d beta, d gamma) = the sums over the rows of dout and of dout * xhat, written into ``dbeta`` and
+    ``dgamma`` where they are arrays (the layer's grads; None where the layer has no beta or gamma)."""
+    return alone(parameter_gradient_meeting(dout, xhat, dbeta, dgamma))
+
+
 @kernels.gpu(kernels.batchnorm_backward_cuda)
-def batchnorm_backward(dout, xhat, dbeta, dgamma, gamma, variance, epsilon):
-    """dx = gamma / sqrt(variance + epsilon) * (dout - (dbeta + xhat * dgamma) / M), M the number of rows."""
+def batchnorm_backward(dout, xhat, dbeta, dgamma, gamma, variance, epsilon, M):
+    """dx = gamma / sqrt(variance + epsilon) * (dout - (dbeta + xhat * dgamma) / M), M the whole batch's
+    number of rows (these rows may be one shard's)."""
     xp = backend.get_array_module(dout)
     dx = xhat * dgamma
     dx += dbeta
-    dx *= -1.0 / dout.shape[0]
+    dx *= -1.0 / M
     dx += dout
     dx *= gamma / xp.sqrt(variance + epsilon)
     return dx
@@ -135,20 +159,45 @@ class BatchNormalization(Layer):
     def forward(self, x, training=False):
         x = self._prepare(x)
         rows = x.reshape(-1, x.shape[-1])
-        gamma, beta = self.params.get("gamma", 1.0), self.params.get("beta", 0.0)
-        moving_mean, moving_variance = self.state["moving_mean"], self.state["moving_variance"]
         if not training:
-            y = normalize_for_inference(rows, moving_mean, moving_variance, gamma, beta, self.epsilon)
+            y = normalize_for_inference(rows, self.state["moving_mean"], self.state["moving_variance"],
+                                        self.params.get("gamma", 1.0), self.params.get("beta", 0.0), self.epsilon)
             return y.reshape(x.shape)
         mean, variance = batch_statistics(rows)
-        y, self._xhat = normalize(rows, mean, variance, gamma, beta, self.epsilon)
-        update_moving_statistics(mean, variance, self.momentum, moving_mean, moving_variance)
-        self._variance = variance
+        return self._normalize(x, rows, mean, variance, rows.shape[0])
+
+    def forward_meeting(self, x):
+        """The training forward over one shard of the batch, normalised by the whole batch's statistics
+        (a program: see ``Layer.mixes_samples``)."""
+        x = self._prepare(x)
+        rows = x.reshape(-1, x.shape[-1])
+        mean, variance, M = yield from statistics_meeting(rows)
+        return self._normalize(x, rows, mean, variance, M)
+
+    def _normalize(self, x, rows, mean, variance, M):
+        """y from the statistics of the batch's M rows; the model's own layer also moves the moving ones."""
+        y, self._xhat = normalize(rows, mean, variance, self.params.get("gamma", 1.0), self.params.get("beta", 0.0),
+                                  self.epsilon)
+        if not self.is_replica:
+            update_moving_statistics(mean, variance, self.momentum, self.state["moving_mean"],
+                                     self.state["moving_variance"])
+        self._variance, self._M = variance, M
         return y.reshape(x.shape)
 
     def backward(self, dout, input_grad=True):
         rows = dout.reshape(self._xhat.shape)
         dbeta, dgamma = parameter_gradients(rows, self._xhat, self.grads.get("beta"), self.grads.get("gamma"))
+        return self._input_gradient(dout, rows, dbeta, dgamma)
+
+    def backward_meeting(self, dout, input_grad=True):
+        """backward over one shard of the batch (a program): d gamma and d beta are the whole batch's,
+        written by the model's own layer alone (the step adds every replica's gradients to the model's)."""
+        rows = dout.reshape(self._xhat.shape)
+        into = (None, None) if self.is_replica else (self.grads.get("beta"), self.grads.get("gamma"))
+        dbeta, dgamma = yield from parameter_gradient_meeting(rows, self._xhat, *into)
+        return self._input_gradient(dout, rows, dbeta, dgamma)
+
+    def _input_gradient(self, dout, rows, dbeta, dgamma):
         dx = batchnorm_backward(rows, self._xhat, dbeta, dgamma, self.params.get("gamma", 1.0), self._variance,
-                                self.epsilon)
+                                self.epsilon, self._M)
         return dx.reshape(dout.shape)
