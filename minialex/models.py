@@ -159,17 +159,19 @@ class Sequential:
 
     def _forward(self, x, training=False, logits=False):
         """Run the layers in order; ``logits=True`` stops before the final softmax."""
-        return alone(self._forward_meeting(x, training, logits))
+        return alone(self._layers_forward(x, training, logits, meet=False))
 
-    def _forward_meeting(self, x, training, logits):
-        """``_forward`` as a shard's program (see ``forward_loss_meeting``)."""
+    def _layers_forward(self, x, training, logits, meet):
+        """``_forward`` as a program (a generator). ``meet``: x is one shard of a batch, which meets the
+        other shards at each layer that mixes samples (``Layer.forward_meeting``); else every layer runs
+        on x as the whole batch, and the program never yields."""
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if i == last and logits:
                 if isinstance(layer, Softmax):
                     break
                 x = layer.forward(x, training=training, logits=True)
-            elif training and layer.mixes_samples:
+            elif meet and layer.mixes_samples:
                 x = yield from layer.forward_meeting(x)
             else:
                 x = layer.forward(x, training=training)
@@ -189,14 +191,17 @@ class Sequential:
 
     def forward_loss(self, x, y, training=True):
         """Forward pass and loss of one batch: (mean loss, number of correct predictions), on the device."""
-        return alone(self.forward_loss_meeting(x, y, training))
+        return alone(self._forward_loss(x, y, training, meet=False))
 
-    def forward_loss_meeting(self, x, y, training=True):
-        """``forward_loss`` over one shard of a batch, as the shard's program (a generator, run by
-        ``parallel.run_meeting``): at each layer that mixes samples it yields its rows' sums and goes on
-        with the whole batch's (``Layer.forward_meeting``)."""
+    def forward_loss_meeting(self, x, y):
+        """The training ``forward_loss`` over one shard of a batch, as the shard's program (a generator,
+        run by ``parallel.run_meeting``): at each layer that mixes samples it yields the shard's sums
+        and goes on with the whole batch's (``Layer.forward_meeting``)."""
+        return self._forward_loss(x, y, True, meet=True)
+
+    def _forward_loss(self, x, y, training, meet):
         xp = backend.get_array_module(x)
-        out = yield from self._forward_meeting(x, training, logits=self._fused_softmax)
+        out = yield from self._layers_forward(x, training, self._fused_softmax, meet)
         loss = self.loss.forward(out, y)
         correct = (out.argmax(axis=1) == y.argmax(axis=1)).sum(dtype=xp.int64)
         return loss, correct
@@ -208,17 +213,20 @@ class Sequential:
         layer then skips the product that would compute it. ``batch_size``: the whole batch's size
         when this batch is one shard of it.
         """
-        return alone(self.backward_meeting(input_grad, batch_size))
+        return alone(self._backward(input_grad, batch_size, meet=False))
 
-    def backward_meeting(self, input_grad=False, batch_size=None):
+    def backward_meeting(self, batch_size):
         """``backward`` after ``forward_loss_meeting``, as the shard's program: it meets the other shards
         at each layer that mixes samples (``Layer.backward_meeting``)."""
+        return self._backward(False, batch_size, meet=True)
+
+    def _backward(self, input_grad, batch_size, meet):
         dout = self.loss.backward(batch_size)
         skip_softmax = self._fused_softmax and isinstance(self.layers[-1], Softmax)
         layers = self.layers[:-1] if skip_softmax else self.layers
         for i in reversed(range(len(layers))):
             asked = {} if i else {"input_grad": input_grad}       # the first layer's dx only when asked for
-            if layers[i].mixes_samples:
+            if meet and layers[i].mixes_samples:
                 dout = yield from layers[i].backward_meeting(dout, **asked)
             else:
                 dout = layers[i].backward(dout, **asked)

@@ -1,5 +1,6 @@
 """The launch counter (minialex.stand_in) on toy code whose launches are known by hand; the tutorial
 network's count (benchmarks/launch_count.py) against the docs; each layer alone against its budget."""
+import functools
 import sys
 from pathlib import Path
 
@@ -79,6 +80,18 @@ def test_the_tutorial_step_is_within_the_issue_s_targets(tutorial_counts):
     assert step <= 100 and inference <= 40, (step, inference)
     assert not tutorial_counts["assumed"], "functions without a launch count in FUNCTION_LAUNCHES"
     assert tutorial_counts["step"][("forward", "conv2d")] > 0 and tutorial_counts["step"]["optimiser"] > 0
+
+
+def test_the_batchnorm_chapter_s_network_makes_the_tutorial_s_count(monkeypatch):
+    """91 launches a training step and 34 an inference batch (docs/tutorial.md, "After AlexNet"): a
+    GPU runs the batch whole, through each BatchNormalization's kernels (4 forward, 3 backward), not
+    through the sums that CPU shards add up when they meet."""
+    import common
+
+    monkeypatch.setattr(common, "tutorial_model", functools.partial(common.tutorial_model, norm="batchnorm"))
+    counts = launch_count.count_launches()
+    assert (sum(counts["step"].values()), sum(counts["inference"].values())) == (91, 34)
+    assert [counts["step"][(way, "batch_normalization")] for way in ("forward", "backward")] == [4, 3]
 
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
