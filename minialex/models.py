@@ -11,6 +11,8 @@ few public methods, and nothing else:
 - ``prepare_inputs(x, y)``: checks the arrays and moves them to the device in the model's dtype;
 - ``forward_loss(x, y, training)``: the forward pass and the loss, (mean loss, correct count);
 - ``backward(input_grad, batch_size)``: fills every layer's ``grads`` (and returns d loss / d x);
+- ``training_steps(x, y, guard)``: what ``fit`` runs its steps through: ``training.EagerSteps`` on the
+  CPU, ``graphs.TrainingSteps`` on a GPU (each step replayed as a CUDA graph where the backend can);
 - ``train_step(x, y)``: both over one batch (on the CPU, shard by shard on every core, each shard
   through a ``replica()`` of the model: ``minialex.parallel`` runs them); ``apply_gradients()``: one
   optimiser step;
@@ -26,7 +28,7 @@ import copy
 import math
 import os
 
-from . import backend, checks, flat, parallel, random, training
+from . import backend, checks, flat, graphs, parallel, random, training
 from .layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D,
                      Softmax)
 from .losses import SoftmaxCrossEntropy
@@ -209,6 +211,13 @@ class Sequential:
             dout = layer.backward(dout)
         return layers[0].backward(dout, input_grad=input_grad)
 
+    def training_steps(self, x, y, guard):
+        """What the fit loop runs its steps on (x, y) through: ``training.EagerSteps`` on the CPU; on a GPU
+        ``graphs.TrainingSteps``, which replays each step as a CUDA graph where the backend captures one."""
+        if backend.on_cpu(x):
+            return training.EagerSteps(self, x, y, guard)
+        return graphs.TrainingSteps(self, x, y, guard)
+
     def train_step(self, x, y):
         """Forward and backward over one batch: fills the gradients; returns (mean loss, correct count),
         both still on the device.
@@ -338,7 +347,11 @@ class Sequential:
                    checkpoint=checkpoint, resume_from=resume_from, overwrite=overwrite, settings=settings)
 
     def evaluate_sums(self, x, y, batch_size):
-        """Summed loss and correct count over (x, y) already on the device; both stay there."""
+        """Summed loss and correct count over (x, y) already on the device; both stay there. On a GPU
+        batch by batch through ``graphs.inference`` (replayed as CUDA graphs where the backend can)."""
+        if not backend.on_cpu(x):
+            return graphs.inference(self).evaluate_sums(x, y, batch_size)
+
         def evaluate_batch(batch):
             loss, correct = self.forward_loss(x[batch], y[batch], training=False)
             return loss * x[batch].shape[0], correct
@@ -363,7 +376,10 @@ class Sequential:
         x = self.prepare_inputs(x, check_values=False)     # NaN in, NaN out: predict reports, it does not judge
         batch_size = _check_batch_size(batch_size)
         xp = backend.get_array_module(x)
-        outputs = parallel.map_batches(lambda batch: self._forward(x[batch]), x.shape[0], batch_size)
+        if backend.on_cpu(x):
+            outputs = parallel.map_batches(lambda batch: self._forward(x[batch]), x.shape[0], batch_size)
+        else:
+            outputs = graphs.inference(self).predict(x, batch_size)
         return backend.to_numpy(xp.concatenate(outputs) if outputs else xp.zeros((0,) + self.output_shape))
 
     # ---- weights -----------------------------------------------------------------------------

@@ -12,11 +12,16 @@ Adam (Keras, Kingma & Ba with epsilon outside the square root), at step t = 1, 2
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from . import backend, kernels
 
 
 class Optimizer:
     slot_names: tuple = ()
+    #: True where ``update`` reads what changes per step from the step's values (``reading``): such an
+    #: optimiser's step can be captured as a CUDA graph (``minialex.graphs``)
+    reads_step_values = False
 
     def __init__(self, learning_rate):
         if not 0 < learning_rate < float("inf"):
@@ -24,6 +29,26 @@ class Optimizer:
         self.learning_rate = float(learning_rate)
         self.iterations = 0
         self.slots: dict[str, list] = {name: [] for name in self.slot_names}
+        self.values = None
+
+    @contextmanager
+    def reading(self, values):
+        """Within the block, updates read their per-step numbers from ``values`` (a
+        ``minialex.step_values.StepValues`` that the caller filled with ``write_step_values`` for update
+        number ``iterations + 1`` and copied to the device) instead of taking them as arguments."""
+        self.values = values
+        try:
+            yield
+        finally:
+            self.values = None
+
+    def write_step_values(self, values, t):
+        """Write what update number ``t`` reads into ``values``."""
+        values["iteration"], values["learning_rate"] = t, self.learning_rate
+
+    def state_arrays(self) -> list:
+        """The arrays an update reads or writes besides the parameters and gradients (its slots)."""
+        return [array for arrays in self.slots.values() for array in arrays]
 
     def apply(self, params, grads):
         """One update of every parameter from its gradient (lists of arrays, in the same order)."""
@@ -98,8 +123,10 @@ class SGD(Optimizer):
 @kernels.gpu(kernels.adam_cuda)
 def adam(param, grad, m, v, scratch, alpha, beta_1, beta_2, epsilon):
     """One Adam step in place, the formulas above written through one ``scratch`` array of param's
-    shape (no temporaries)."""
+    shape (no temporaries). ``alpha``: alpha_t, a number, or the 0-d float64 array of the step's values
+    (``minialex.step_values``) that holds it, read here as a kernel on the device reads it."""
     xp = backend.get_array_module(param)
+    alpha = float(alpha)
     xp.subtract(grad, m, out=scratch)
     scratch *= 1.0 - beta_1
     m += scratch                                   # m += (1 - beta_1) * (g - m)
@@ -116,15 +143,26 @@ def adam(param, grad, m, v, scratch, alpha, beta_1, beta_2, epsilon):
 
 class Adam(Optimizer):
     slot_names = ("m", "v")
+    reads_step_values = True
 
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
         self._scratch = {}
         super().__init__(learning_rate)
 
+    def step_size(self, t):
+        """alpha_t of update number t (1, 2, ...)."""
+        return self.learning_rate * (1.0 - self.beta_2 ** t) ** 0.5 / (1.0 - self.beta_1 ** t)
+
+    def write_step_values(self, values, t):
+        super().write_step_values(values, t)
+        values["alpha"] = self.step_size(t)
+
+    def state_arrays(self) -> list:
+        return super().state_arrays() + list(self._scratch.values())
+
     def update(self, index, param, grad):
-        t = self.iterations
-        alpha = self.learning_rate * (1.0 - self.beta_2 ** t) ** 0.5 / (1.0 - self.beta_1 ** t)
+        alpha = self.step_size(self.iterations) if self.values is None else self.values.view("alpha")
         scratch = self._scratch.get(index)
         if scratch is None or scratch.shape != param.shape or type(scratch) is not type(param):
             scratch = self._scratch[index] = backend.get_array_module(param).empty_like(param)

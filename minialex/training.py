@@ -49,6 +49,7 @@ class Trainable(Protocol):
 
     def ensure_compiled(self) -> None: ...
     def prepare_inputs(self, x, y=None, names=("x", "y"), check_values=True): ...
+    def training_steps(self, x, y, guard): ...
     def train_step(self, x, y): ...
     def apply_gradients(self) -> None: ...
     def evaluate_sums(self, x, y, batch_size): ...
@@ -176,6 +177,34 @@ class NonFiniteGuard:
         if not math.isfinite(loss):
             self._fail(f"{what} after epoch {self.epoch + 1}", self.good)
         self.good, self.pending = self._snapshot(f"those at the end of epoch {self.epoch + 1}"), None
+
+
+class EagerSteps:
+    """The fit loop's steps, one after another (what ``Sequential.training_steps`` gives on the CPU; on a
+    GPU ``minialex.graphs.TrainingSteps`` does the same, each step replayed as a CUDA graph).
+
+    ``run(step, index)`` trains on the rows ``index`` of (x, y): the forward and backward passes, the
+    guard's look at the loss before the update, the update; ``sums()`` is the epoch's (loss sum, correct
+    count) so far, still on the device.
+    """
+
+    def __init__(self, model: Trainable, x, y, guard):
+        self.model, self.x, self.y, self.guard = model, x, y, guard
+        self.loss_sum = self.correct = 0
+
+    def start_epoch(self):
+        self.loss_sum = self.correct = 0
+
+    def run(self, step, index):
+        xb, yb = self.x[index], self.y[index]
+        loss, correct = self.model.train_step(xb, yb)
+        self.guard.before_update(step, loss)
+        self.model.apply_gradients()
+        self.loss_sum = self.loss_sum + loss * xb.shape[0]
+        self.correct = self.correct + correct
+
+    def sums(self):
+        return self.loss_sum, self.correct
 
 
 class Progress:
@@ -463,10 +492,11 @@ def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, v
                 print(f"{resume_from} holds {first_epoch} epochs already: nothing left to train for epochs={epochs}")
 
         guard = NonFiniteGuard(model, steps, x_train)
+        training_steps = model.training_steps(x_train, y_train, guard)
         try:
             for epoch in range(first_epoch, epochs):
-                logs = _train_epoch(model, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size,
-                                    rng.permutation(n) if shuffle else None, verbose)
+                logs = _train_epoch(model, guard, training_steps, epoch, epochs, x_train, y_train, x_val, y_val,
+                                    batch_size, rng.permutation(n) if shuffle else None, verbose)
                 history.append(logs)
                 if owner is not None:
                     owner.check(epoch + 1)
@@ -478,29 +508,27 @@ def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, v
         return history
 
 
-def _train_epoch(model: Trainable, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size, order, verbose):
-    """One epoch's steps, then validation; returns its logs."""
+def _train_epoch(model: Trainable, guard, training_steps, epoch, epochs, x_train, y_train, x_val, y_val, batch_size,
+                 order, verbose):
+    """One epoch's steps (through ``training_steps``: ``EagerSteps`` or its GPU twin), then validation;
+    returns its logs."""
     n = x_train.shape[0]
     steps = math.ceil(n / batch_size)
     progress = Progress(epoch, epochs, steps, verbose)
     guard.start_epoch(epoch)
-    loss_sum = correct = 0
+    training_steps.start_epoch()
     seen, last_refresh, start = 0, time.perf_counter(), time.perf_counter()
     for step in range(steps):
         batch = slice(step * batch_size, (step + 1) * batch_size)
-        index = batch if order is None else order[batch]
-        xb, yb = x_train[index], y_train[index]
-        loss, batch_correct = model.train_step(xb, yb)
-        guard.before_update(step, loss)
-        model.apply_gradients()
-        loss_sum = loss_sum + loss * xb.shape[0]
-        correct = correct + batch_correct
-        seen += xb.shape[0]
+        training_steps.run(step, batch if order is None else order[batch])
+        seen += min(batch_size, n - step * batch_size)
         if progress.bar is not None and time.perf_counter() - last_refresh >= REFRESH_SECONDS:
             guard.check(step)
+            loss_sum, correct = training_steps.sums()
             progress.update(step + 1, {"loss": float(loss_sum) / seen, "accuracy": float(correct) / seen})
             last_refresh = time.perf_counter()
     guard.check(steps - 1)
+    loss_sum, correct = training_steps.sums()
     logs = {"loss": float(loss_sum) / n, "accuracy": float(correct) / n}
     if x_val is not None:
         val_loss, val_correct = model.evaluate_sums(x_val, y_val, batch_size)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import copy
 import re
 
-from .. import backend, random
+from .. import backend, kernels, random
 
 
 class Layer:
@@ -155,6 +155,13 @@ class Layer:
 
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r}, output_shape={self.output_shape})"
+
+
+@kernels.gpu(kernels.matmul_cuda)
+def matmul(a, b, out=None):
+    """a @ b (Conv2D's and Dense's products), into ``out`` if given. On a GPU: cuBLAS called directly,
+    the same call eagerly and inside a CUDA graph (``minialex.cublas``)."""
+    return backend.get_array_module(a).matmul(a, b, out=out)
 
 
 def glorot_uniform(shape, fan_in, fan_out, dtype):
