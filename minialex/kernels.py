@@ -421,13 +421,13 @@ def add_to_sums_cuda(cupy, loss, correct, rows, loss_sum, correct_sum):
     _elementwise(cupy, ADD_TO_SUMS)(loss, correct, rows, loss_sum, correct_sum)
 
 
-RECORD_STEP = ("record_step", "T loss, int64 correct, int32 rows, raw uint64 step, raw T record",
-               "T loss_sum, int64 correct_sum", """
-    record[(ptrdiff_t)step[0]] = loss;
+RECORD_STEP = ("record_step", "T loss, int64 correct, int32 rows, raw uint64 step",
+               "T loss_sum, int64 correct_sum, raw float32 record", """
+    record[(ptrdiff_t)step[0]] = (float)loss;                // the guard's record is float32
     loss_sum += loss * (T)rows;
     correct_sum += correct;
 """)
 
 
 def record_step_cuda(cupy, loss, correct, rows, step, record, loss_sum, correct_sum):
-    _elementwise(cupy, RECORD_STEP)(loss, correct, rows, step, record, loss_sum, correct_sum)
+    _elementwise(cupy, RECORD_STEP)(loss, correct, rows, step, loss_sum, correct_sum, record)
