@@ -222,8 +222,10 @@ def to_device(array, dtype=None):
 
 
 def to_numpy(array):
-    """Bring an array back to the host as a NumPy array (no copy if it already is one)."""
-    if type(array).__module__.startswith("cupy"):
+    """Bring an array back to the host as a NumPy array (no copy if it already is one); a device array
+    (CuPy's, or a stand-in's) comes back through its ``get()``."""
+    stand_in = _state["stand_in"]
+    if type(array).__module__.startswith("cupy") or (stand_in is not None and isinstance(array, stand_in.ndarray)):
         return array.get()
     return numpy.asarray(array)
 
