@@ -237,9 +237,9 @@ def as_strided(array, shape, strides):
 
 
 def synchronize():
-    """Wait for the device to finish queued work (a no-op on NumPy); use it before timing."""
+    """Wait for the device to finish queued work, on every stream (a no-op on NumPy); use it before timing."""
     if get_backend() == "cupy":
-        _state["xp"].cuda.get_current_stream().synchronize()
+        _state["xp"].cuda.Device().synchronize()
 
 
 def describe_device() -> str:

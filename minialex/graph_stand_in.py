@@ -127,11 +127,14 @@ def _write_into(recorded, fresh):
 
 
 class Launch:
-    """One recorded launch: ``function`` on frozen arguments, its results' memory."""
+    """One recorded launch: ``function`` on frozen arguments, its results' memory, and the launch
+    counter's label in force when it was made (the part of the step: see benchmarks/launch_count.py)."""
 
     def __init__(self, launches, function, args, kwargs, result, device_arrays):
         self.launches, self.function, self.result = launches, function, result
         self.args, self.kwargs = _frozen(args, device_arrays), _frozen(kwargs, device_arrays)
+        counter = stand_in._active["counter"]
+        self.label = counter.labels[-1] if counter is not None and counter.labels else "loop"
 
     def replay(self):
         fresh = self.function(*_frozen(self.args, []), **_frozen(self.kwargs, []))

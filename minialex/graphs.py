@@ -54,10 +54,14 @@ def enabled() -> bool:
 
 def graph_support(xp):
     """What captures CUDA graphs on the array module ``xp``: CuPy's (``CupyGraphs``), the emulator's
-    (``minialex.graph_stand_in``), or None (NumPy, the launch counter's stand-in, or graphs switched off)."""
+    (``minialex.graph_stand_in``), or None (NumPy, the launch counter's stand-in, or graphs switched off).
+    With CuPy's per-thread default stream (``CUPY_CUDA_PER_THREAD_DEFAULT_STREAM=1``) graphs are off: the
+    fit loop reads what a graph wrote on the default stream, which then is not ordered after ours."""
     if not enabled():
         return None
     if xp.__name__ == "cupy":
+        if os.environ.get("CUPY_CUDA_PER_THREAD_DEFAULT_STREAM", "0").strip() not in ("", "0"):
+            return None
         if xp not in _cupy_support:
             _cupy_support[xp] = CupyGraphs(xp)
         return _cupy_support[xp]
@@ -124,6 +128,7 @@ class Replayer:
         self.support, self.work, self.what = support, work, what
         self.pool = None if support is None else support.new_pool()
         self.graph, self.warm, self.failed, self.key = None, False, support is None, None
+        _replayers.add(self)
 
     def run(self):
         """Returns how the work ran: 'eager', 'captured' (and launched) or 'replayed'."""
@@ -151,6 +156,15 @@ class Replayer:
         self.graph = captured.graph
         self.support.launch(self.graph)
         return "captured"
+
+
+_replayers: weakref.WeakSet = weakref.WeakSet()
+
+
+def pool_bytes():
+    """What the memory pools of the graphs alive now hold (CuPy's ``total_bytes``), in bytes."""
+    return sum(replayer.pool.total_bytes() for replayer in list(_replayers)
+               if hasattr(replayer.pool, "total_bytes"))
 
 
 def address(array):

@@ -368,6 +368,7 @@ def _kernel_work(function):
                 return function(*args, **kwargs)
         finally:
             _active["depth"] -= 1
+    inside.kernel = function                    # what runs as one kernel (a Kernel's NumPy half, a fused function)
     return inside
 
 
