@@ -6,7 +6,8 @@ FLOPs and bytes beside it.
 
 The launches come from the CPU: one step (batch 64) captured by the emulator of CUDA graphs
 (``minialex.graph_stand_in``), each with its part of the network (``launch_count.py``'s labels), the
-bytes of the arrays it reads and writes (each counted once) and, for a product, its FLOPs (2 M N K).
+bytes of the arrays it reads and writes (each counted once) and, for a product (and Conv2D's input
+gradient, a product and a kernel), its FLOPs (2 M N K).
 On a GPU the step runs as ``fit`` runs it (the graph replayed) under PyTorch's profiler, whose CUPTI
 sees every kernel of the process, CuPy's and cuBLAS's too: each kernel's device time is the median
 over ``--steps`` steps, and the card's kernels are matched to the launches in order (a product can
@@ -17,7 +18,6 @@ or no PyTorch) by bytes. The run ends with ``RESULT kernels=N step_device_ms=...
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import statistics
 import sys
@@ -34,7 +34,7 @@ import common  # noqa: E402
 import launch_count  # noqa: E402
 from minialex import backend, graph_stand_in  # noqa: E402
 
-Row = namedtuple("Row", "part what flops bytes token")
+Row = namedtuple("Row", "part what flops bytes token launches")
 FUSED_PREFIX = "minialex_"
 
 
@@ -61,8 +61,10 @@ def row(launch):
     if what == "matmul":
         (M, K), N = launch.args[0].shape, launch.args[1].shape[1]
         flops = 2 * M * N * K
-    token = "P" if what == "matmul" else (f"K:{what}" if kernel is not None else "C")
-    return Row(part, what, flops, sum(arrays.values()), token)
+    elif what == "col2im_by_taps":                        # its product dcols = dz @ K^T, then col2im
+        flops = 2 * launch.args[0].shape[0] * launch.args[1].size
+    token = "P" if what == "matmul" else ("K" if kernel is not None else "C")
+    return Row(part, what, flops, sum(arrays.values()), token, launch.launches)
 
 
 # ---- the card's kernels --------------------------------------------------------------------------
@@ -91,37 +93,54 @@ def profiled_kernels(run_step, steps):
     return [sequence[k * size:(k + 1) * size] for k in range(steps)]
 
 
-def card_token(name, ours):
-    """A kernel's token: 'K:name' for one of minialex's (its ElementwiseKernels, cupy.fuse's functions),
-    'C' for another of CuPy's, 'P' for the rest (cuBLAS's, CUB's: the products and reductions)."""
-    short = name[len(FUSED_PREFIX):] if name.startswith(FUSED_PREFIX) else name
-    if short in ours or name in ours:
-        return f"K:{short}"
+def card_token(name, fused):
+    """A kernel's kind: 'K' one of minialex's (its ElementwiseKernels, ``minialex_*``; ``backend.fuse``'s
+    functions, by name), 'C' another of CuPy's (``cupy_*``), 'P' the rest (cuBLAS's, CUB's, copies)."""
+    if name.startswith(FUSED_PREFIX) or name in fused:
+        return "K"
     return "C" if name.startswith("cupy_") else "P"
 
 
+OUTSIDE = 6          # kernels before the graph's: the step's values and its batch, copied in
+
+
 def match(rows, kernels):
-    """[(row or None, [(name, µs)])]: the card's kernels of one step matched to the launches in order
-    (difflib on tokens; a block that differs gives each launch one kernel where the counts agree,
-    else all its kernels to its first launch). Kernels before the first launch (the step's values and
-    its batch, copied in outside the graph) come with row None."""
-    ours = {row.what for row in rows if row.token.startswith("K:")}
-    tokens = [card_token(name, ours) for name, _ in kernels]
-    matched = [(row, []) for row in rows]
-    outside = []
-    opcodes = difflib.SequenceMatcher(None, [row.token for row in rows], tokens, autojunk=False).get_opcodes()
-    for tag, i1, i2, j1, j2 in opcodes:
-        block = kernels[j1:j2]
-        if tag == "equal" or (i2 - i1 == j2 - j1):
-            for k, kernel in enumerate(block):
-                matched[i1 + k][1].append(kernel)
-        elif i2 > i1:
-            matched[i1][1].extend(block)
-        elif i1 > 0:
-            matched[i1 - 1][1].extend(block)
-        else:
-            outside.extend(block)
-    return ([(None, outside)] if outside else []) + matched
+    """[(row or None, [(name, µs)])]: the card's kernels of one step matched to the launches in order.
+
+    Each launch takes one or more kernels in a row, at least one: an alignment of least cost (dynamic
+    programming) where a kernel of another kind than its launch's costs 1 ('P' a product or another
+    library's kernel, 'K' one of minialex's, 'C' one of CuPy's), a kernel beyond the launches a launch
+    makes costs 0.5 when it is another library's (a product's split-K reduction, CUB's second pass) and
+    2 otherwise, and one short 0.5. Up to ``OUTSIDE`` kernels before the first launch (the step's values
+    and its batch, copied in outside the graph) come with row None."""
+    fused = {row.what for row in rows if row.token == "K"}
+    tokens = [card_token(name, fused) for name, _ in kernels]
+    m, n = len(rows), len(kernels)
+    best = {(0, j): (0.0, None) for j in range(min(OUTSIDE, n) + 1)}
+    for i, row in enumerate(rows):
+        for j in sorted(j for (k, j) in best if k == i):
+            for size in range(1, row.launches + 3):
+                if j + size > n:
+                    break
+                cost = best[(i, j)][0] + group_cost(row, tokens[j:j + size])
+                if cost < best.get((i + 1, j + size), (float("inf"),))[0]:
+                    best[(i + 1, j + size)] = (cost, j)
+    if (m, n) not in best:
+        raise ValueError(f"{n} kernels cannot be matched to {m} launches")
+    matched, j = [], n
+    for i in range(m, 0, -1):
+        start = best[(i, j)][1]
+        matched.append((rows[i - 1], kernels[start:j]))
+        j = start
+    matched.reverse()
+    return ([(None, kernels[:j])] if j else []) + matched
+
+
+def group_cost(row, tokens):
+    cost = 0.0 if row.token in tokens else 1.0
+    extra = tokens[row.launches:] if len(tokens) > row.launches else []
+    cost += sum(0.5 if token == "P" else 2.0 for token in extra)
+    return cost + 0.5 * max(0, row.launches - len(tokens))
 
 
 def table(matched, steps_run=None):
