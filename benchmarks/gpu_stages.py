@@ -35,6 +35,7 @@ import numpy  # noqa: E402
 
 import common  # noqa: E402
 import compare  # noqa: E402
+import gpu_check  # noqa: E402
 from minialex import backend, random  # noqa: E402
 
 WEIGHTS = "train_weights.npz"          # what the train stage leaves for the transfer stage
@@ -441,20 +442,9 @@ def run_part(name, command, limit):
     for line in text.strip().splitlines()[-40:]:
         print(f"  {name}| {line}", flush=True)
     print(f"INFO part {name}: {status}", flush=True)
-    found = {}
-    for line in text.splitlines():
-        if line.startswith("RESULT"):
-            found = dict(item.split("=", 1) for item in line.split()[1:] if "=" in item)
-    values = {f"{name}_{key}": _number(value) for key, value in found.items()}
+    values = {f"{name}_{key}": value for key, value in gpu_check.results(text).items()}
     values[f"{name}_ok"] = int(status == "ok")
     return values
-
-
-def _number(text):
-    try:
-        return float(text)
-    except ValueError:
-        return text
 
 
 def epochs(args):
