@@ -1,0 +1,119 @@
+"""Nothing lost, round 3 (issue 29): forks, threads, files touched or shared, settings, and messages.
+
+One section per kind of trouble; each test holds one fix. Small models on 8x8 images, forks and
+subprocesses only where a process boundary is the point.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from minialex import parallel, random
+
+from .test_models import quadrant_data, small_model
+
+
+def finishes(pid, seconds=20.0):
+    """The exit status of forked child ``pid`` if it ends within ``seconds``; else kill it and say None."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None
+
+
+def in_child(work):
+    """Fork; the child runs ``work()`` and exits 0 (1 on any error) without returning to pytest."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            work()
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    return pid
+
+
+# ---- forks and threads ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call", ["predict", "fit"])
+def test_a_forked_child_predicts_and_trains(monkeypatch, call):
+    """The parent's pool threads are not in a forked child: it must start its own, not wait on theirs."""
+    monkeypatch.setattr(parallel, "blas_threads", lambda: 2)
+    random.set_seed(0)
+    model = small_model()
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    x, y = quadrant_data(64)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)      # two shards, and a pool of threads
+    expected = model.predict(x, batch_size=16)               # four batches over two threads
+
+    def work():
+        if call == "predict":
+            np.testing.assert_array_equal(model.predict(x, batch_size=16), expected)
+        else:
+            model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+
+    assert finishes(in_child(work)) == 0
+
+
+def blas_of_several_threads():
+    threads = parallel.blas_threads()
+    if threads < 2:
+        pytest.skip("BLAS runs one thread here (one core, or OMP_NUM_THREADS=1)")
+    return threads
+
+
+def test_overlapping_single_threaded_blas_contexts_of_two_threads_restore_blas():
+    """Thread A enters, B enters, A leaves, B leaves: BLAS gets its threads back (it kept one for good)."""
+    threads = blas_of_several_threads()
+    steps = [threading.Event() for _ in range(3)]
+    seen = {}
+
+    def a():
+        with parallel.single_threaded_blas():
+            steps[0].set()
+            steps[1].wait(5)
+        steps[2].set()
+
+    def b():
+        steps[0].wait(5)
+        with parallel.single_threaded_blas():
+            steps[1].set()
+            steps[2].wait(5)
+            seen["inside"] = parallel.blas_threads()
+
+    workers = [threading.Thread(target=a), threading.Thread(target=b)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    assert seen["inside"] == 1                # A has left, B is still inside
+    assert parallel.blas_threads() == threads
+
+
+def test_a_child_forked_inside_a_single_threaded_blas_context_of_another_thread_gets_blas_back():
+    threads = blas_of_several_threads()
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold():
+        with parallel.single_threaded_blas():
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    inside.wait(5)
+    try:
+        status = finishes(in_child(lambda: os._exit(0 if parallel.blas_threads() == threads else 3)))
+    finally:
+        leave.set()
+        thread.join(10)
+    assert status == 0
+    assert parallel.blas_threads() == threads
