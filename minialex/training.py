@@ -396,14 +396,18 @@ def owned_checkpoint(path, resume_from=None, overwrite=False):
     check_destination(path, "save a checkpoint",
                       also={"its lock file (.NAME.lock)": os.path.basename(lock_path(path))})
     with CheckpointOwner(path) as owner:
-        resumed = resume_from is not None and os.path.exists(resume_from) and os.path.samefile(path, resume_from)
-        if os.path.exists(path) and not overwrite and not resumed:
+        if os.path.exists(path) and not overwrite and not _same_file(path, resume_from):
             _, held = describe(path)
             error = CheckpointExistsError(f"{path} already holds {held}; resume it (resume_from={str(path)!r}), "
                                           f"choose another path, or pass overwrite=True to replace it")
             error.held = held
             raise error
         yield owner
+
+
+def _same_file(path, other):
+    """True when ``other`` (None for none) is the file at ``path``, which exists."""
+    return other is not None and os.path.exists(other) and os.path.samefile(path, other)
 
 
 def check_checkpoint_destination(path, resume_from=None, overwrite=False):

@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 import pytest
-from minialex import parallel, random
+from minialex import parallel, random, train_mnist, training
+from minialex.optimizers import Adam
 
 from .test_models import quadrant_data, small_model
 
@@ -117,3 +118,32 @@ def test_a_child_forked_inside_a_single_threaded_blas_context_of_another_thread_
         thread.join(10)
     assert status == 0
     assert parallel.blas_threads() == threads
+
+
+# ---- checkpoints: continuing into a new file ---------------------------------------------------
+
+def compiled(seed=0):
+    random.set_seed(seed)
+    model = small_model()
+    model.compile(optimizer=Adam(0.01), loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_a_resume_into_a_new_checkpoint_file_that_does_not_exist_yet(tmp_path):
+    x, y = quadrant_data(32)
+    old, new = tmp_path / "old.npz", tmp_path / "new.npz"
+    compiled().fit(x, y, epochs=1, batch_size=16, verbose=0, checkpoint=old)
+    saved = old.read_bytes()
+    history = compiled().fit(x, y, epochs=2, batch_size=16, verbose=0, checkpoint=new, resume_from=old)
+    assert len(history.history["loss"]) == 2
+    assert training.read_checkpoint(new)[1]["epoch"] == 2 and old.read_bytes() == saved
+
+
+def test_the_example_resumes_into_a_new_save_path(tmp_path, capsys):
+    old, new = tmp_path / "old.npz", tmp_path / "new.npz"
+    model = compiled()
+    flags = dict(dataset="mnist", limit=320, seed=0, batch_size=64, validation_split=0.2, learning_rate=1e-3)
+    training.save_checkpoint(old, model, 2, training.History({"loss": [1.0, 0.5]}), flags)
+    args = train_mnist.build_parser().parse_args(["--resume", str(old), "--save", str(new), "--limit", "320"])
+    train_mnist.check_arguments(args)          # raised [Errno 2] No such file or directory: 'new.npz'
+    assert not new.exists()
