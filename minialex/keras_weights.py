@@ -276,7 +276,8 @@ def save_keras_weights(model, path):
         raise ValueError("the model is not built yet: there are no weights to save")
     layers = [(key, [backend.to_numpy(array) for array in _variables(layer).values()])
               for layer, key in keras_keys(model)]
-    with atomic_write(path) as temporary, h5py.File(temporary, "w-") as file:
+    # locking=False: HDF5's own lock would clash with the one atomic_write holds on its temporary file
+    with atomic_write(path) as temporary, h5py.File(temporary, "w", locking=False) as file:
         _write_layers(file, layers)
         file.create_group("vars").attrs["name"] = model.name
 

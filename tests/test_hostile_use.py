@@ -5,14 +5,20 @@ subprocesses only where a process boundary is the point.
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from minialex import parallel, random, train_mnist, training
+from minialex import parallel, random, serialization, train_mnist, training
 from minialex.optimizers import Adam
+from minialex.serialization import load_npz, save_npz
 
 from .test_models import quadrant_data, small_model
 
@@ -147,3 +153,43 @@ def test_the_example_resumes_into_a_new_save_path(tmp_path, capsys):
     args = train_mnist.build_parser().parse_args(["--resume", str(old), "--save", str(new), "--limit", "320"])
     train_mnist.check_arguments(args)          # raised [Errno 2] No such file or directory: 'new.npz'
     assert not new.exists()
+
+
+# ---- temporary files: a live writer's is never removed ----------------------------------------
+
+def dead_pid():
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(gone.stdout)
+
+
+def test_a_temporary_file_whose_writer_holds_its_lock_is_kept_whatever_its_name_says(tmp_path):
+    """A writer in another PID namespace (a container on this host) has a PID that means nothing
+    here: the cleanup asks the lock, which every process on this machine sees."""
+    path = tmp_path / "w.npz"
+    save_npz(path, {"a": np.zeros(3)})
+    live = Path(serialization.temporary_path(path).replace(f".{os.getpid()}-", f".{dead_pid()}-"))
+    with open(live, "wb") as writing:
+        fcntl.flock(writing, fcntl.LOCK_EX)
+        load_npz(path)
+        save_npz(path, {"a": np.ones(3)})
+        assert live.exists()
+    load_npz(path)                               # its lock is gone with its writer
+    assert not live.exists()
+
+
+def test_a_temporary_file_from_another_pid_namespace_waits_for_its_age(tmp_path, monkeypatch):
+    """Without locks (a file system that has none), the PID in a name counts only in the namespace it
+    comes from: this host's other namespaces are treated as other hosts."""
+    path = tmp_path / "w.npz"
+    save_npz(path, {"a": np.zeros(3)})
+    other_namespace = getattr(serialization, "WRITER_HOST", socket.gethostname()) + "1"
+    monkeypatch.setattr(serialization, "WRITER_HOST", other_namespace, raising=False)
+    theirs = Path(serialization.temporary_path(path).replace(f".{os.getpid()}-", f".{dead_pid()}-"))
+    monkeypatch.undo()
+    theirs.write_bytes(b"partial")
+    load_npz(path)
+    assert theirs.exists()
+    old = time.time() - 2 * serialization.STALE_SECONDS
+    os.utime(theirs, (old, old))
+    load_npz(path)
+    assert not theirs.exists()

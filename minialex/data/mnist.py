@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy
 from tqdm import tqdm
 
-from ..serialization import remove_stale_temporaries, temporary_path
+from ..serialization import held_temporary, remove_stale_temporaries
 from .idx import decompress, format_idx, parse_idx
 
 __all__ = ["DatasetUnavailableError", "default_cache_dir", "default_keras_dir", "fetch",
@@ -346,15 +346,11 @@ def _remove_stale_parts(target: Path, filename: str):
 def _download(dataset, filename, url, target: Path, timeout, progress):
     """One try: ``url`` -> a temporary file beside ``target`` -> verified -> renamed to ``target``."""
     _remove_stale_parts(target, filename)
-    temporary = temporary_path(target, ".part")
-    try:
-        with open(temporary, "xb") as file:
+    with held_temporary(target, ".part") as temporary:
+        with open(temporary, "wb") as file:
             _copy_url(url, file, timeout, progress, label=filename)
         _verified(dataset, filename, Path(temporary).read_bytes(), url)
         os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def _copy_url(url, file, timeout, progress, label):
