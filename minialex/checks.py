@@ -5,6 +5,8 @@ the argument, what it holds, what it should hold.
 """
 from __future__ import annotations
 
+import math
+import os
 import warnings
 
 import numpy
@@ -121,3 +123,39 @@ def targets(name, y):
     detail += f", {negative} values are negative)" if negative else ")"
     raise ValueError(f"bad input: {name} must be one-hot rows (or probabilities summing to 1): {detail}; "
                      f"convert labels with minialex.data.to_categorical")
+
+
+def recordable_settings(settings):
+    """``settings`` (a dict, or None) as a checkpoint records them and a resume compares them: in JSON's
+    kinds (NumPy numbers become Python's, paths strings, tuples lists); a ValueError names any value
+    JSON cannot hold or that never equals itself (NaN), before any work."""
+    if settings is None:
+        return None
+    if not isinstance(settings, dict):
+        raise ValueError(f"settings must be a dict, got {type(settings).__name__}")
+    return _recordable("settings", settings)
+
+
+def _recordable(name, value):
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numpy.bool_):
+        return bool(value)
+    if isinstance(value, (int, numpy.integer)):
+        return int(value)
+    if isinstance(value, (float, numpy.floating)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} is {value}: a checkpoint's setting must equal itself when the run is resumed; "
+                             f"give a finite number or a string")
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fsdecode(os.fspath(value))
+    if isinstance(value, (list, tuple)):
+        return [_recordable(f"{name}[{i}]", item) for i, item in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {key: _recordable(f"{name}[{key!r}]", item) for key, item in value.items()}
+    kind = type(value).__name__
+    what = "a dict with keys that are not strings" if isinstance(value, dict) else \
+        f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+    raise ValueError(f"{name} is {what}, which a checkpoint cannot record: give numbers, strings, booleans, None, "
+                     f"or lists and dicts (with string keys) of them")

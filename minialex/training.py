@@ -283,6 +283,10 @@ def run_settings(model: Trainable, x, y, x_val, y_val, batch_size, shuffle, vali
                 "optimizer": type(model.optimizer).__name__}
     settings.update({key: value for key, value in vars(model.optimizer).items()
                      if not key.startswith("_") and key != "iterations" and isinstance(value, (int, float))})
+    clashes = sorted(set(extra or {}) & set(settings))
+    if clashes:
+        raise ValueError(f"settings {clashes}: fit records these itself, from its arguments and the optimiser; "
+                         f"give yours other names")
     settings.update(extra or {})
     return settings
 
@@ -436,8 +440,7 @@ def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, v
     checks.flag("shuffle", shuffle)
     checks.one_of("verbose", verbose, (0, 1, 2))
     checks.flag("overwrite", overwrite)
-    if settings is not None and not isinstance(settings, dict):
-        raise ValueError(f"settings must be a dict, got {type(settings).__name__}")
+    settings = checks.recordable_settings(settings)
     if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
         count = f"a {type(validation_data).__name__} of {len(validation_data)}" \
             if isinstance(validation_data, (tuple, list)) else type(validation_data).__name__

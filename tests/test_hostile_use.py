@@ -193,3 +193,35 @@ def test_a_temporary_file_from_another_pid_namespace_waits_for_its_age(tmp_path,
     os.utime(theirs, (old, old))
     load_npz(path)
     assert not theirs.exists()
+
+
+# ---- settings: checked and put in JSON's kinds before the first step --------------------------
+
+def test_settings_of_numpy_numbers_paths_and_tuples_are_recorded_and_resume(tmp_path):
+    x, y = quadrant_data(32)
+    path = tmp_path / "run.npz"
+    settings = {"width": np.int64(64), "rate": np.float32(0.5), "data": tmp_path / "data", "sizes": (64, 128),
+                "flag": np.bool_(True), "nested": {"layers": (1, 2)}}
+    compiled().fit(x, y, epochs=1, batch_size=16, verbose=0, checkpoint=path, settings=settings)
+    assert training.read_checkpoint(path)[1]["settings"]["sizes"] == [64, 128]
+    history = compiled().fit(x, y, epochs=2, batch_size=16, verbose=0, checkpoint=path, resume_from=path,
+                             settings=settings)
+    assert len(history.history["loss"]) == 2
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"tags": {"a", "b"}}, r"settings\['tags'\] is a set, which a checkpoint cannot record"),
+    ({"by": {1: "x"}}, r"settings\['by'\] is a dict with keys that are not strings"),
+    ({"rate": float("nan")}, r"settings\['rate'\] is nan: a checkpoint's setting must equal itself"),
+    ({"sizes": [1, object()]}, r"settings\['sizes'\]\[1\] is an object"),
+    ({"batch_size": 16}, r"settings \['batch_size'\]: fit records these itself"),
+])
+def test_settings_a_checkpoint_cannot_record_are_refused_before_the_first_step(tmp_path, settings, message):
+    x, y = quadrant_data(32)
+    model = compiled()
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=message):
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0, checkpoint=tmp_path / "run.npz", settings=settings)
+    assert model.optimizer.iterations == 0 and not (tmp_path / "run.npz").exists()
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
