@@ -8,13 +8,16 @@ that run ends.
 
 Where there are no locks (Windows) or they are not honoured (some network file systems), a second
 rule still holds: before each save, the run checks that the file is still the one it last wrote
-or resumed (device, inode, size, modification time), and refuses to replace one that another
-writer changed since.
+or resumed, and refuses to replace one that another writer changed since. The file is known by
+its content (a SHA-256 digest), read again only when its device, inode, size or modification
+time changed: a file only touched (``touch``, a backup tool setting times) is still the run's.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import stat
 
 try:
     import fcntl
@@ -38,12 +41,12 @@ class CheckpointOwner:
     def __init__(self, path):
         self.path, self.lock = os.fspath(path), lock_path(path)
         self.descriptor = None
-        self.known = None
+        self.known = self.known_content = None
 
     def __enter__(self):
         if fcntl is not None:
             self.descriptor = self._lock()
-        self.known = _identity(self.path)
+        self.saved()
         return self
 
     def __exit__(self, *exc_info):
@@ -81,15 +84,19 @@ class CheckpointOwner:
         return descriptor
 
     def check(self, epoch):
-        """Raise before saving ``epoch`` unless the file is absent or the one this run last wrote or resumed."""
+        """Raise before saving ``epoch`` unless the file is absent or holds what this run last wrote or resumed."""
         now = _identity(self.path)
-        if now is not None and now != self.known:
-            raise CheckpointInUseError(f"{self.path} was replaced by another writer since this run last saved or "
-                                       f"resumed it; epoch {epoch} was not saved over it: save this run's "
-                                       f"checkpoints elsewhere")
+        if now is None or now == self.known:
+            return
+        if self.known is not None and now[2] == self.known[2] and _content(self.path) == self.known_content:
+            self.known = now         # touched, not changed
+            return
+        raise CheckpointInUseError(f"{self.path} was replaced by another writer since this run last saved or "
+                                   f"resumed it; epoch {epoch} was not saved over it: save this run's "
+                                   f"checkpoints elsewhere")
 
     def saved(self):
-        self.known = _identity(self.path)
+        self.known, self.known_content = _identity(self.path), _content(self.path)
 
 
 def _identity(path):
@@ -98,3 +105,17 @@ def _identity(path):
     except FileNotFoundError:
         return None
     return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _content(path):
+    """The SHA-256 digest of the regular file at ``path``, or None where there is none (a FIFO is never read)."""
+    digest = hashlib.sha256()
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from minialex import parallel, random, serialization, train_mnist, training
+from minialex.layers import Dense, Flatten, Layer
+from minialex.models import Sequential
 from minialex.optimizers import Adam
 from minialex.serialization import load_npz, save_npz
 
@@ -225,3 +227,37 @@ def test_settings_a_checkpoint_cannot_record_are_refused_before_the_first_step(t
     assert model.optimizer.iterations == 0 and not (tmp_path / "run.npz").exists()
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+
+
+# ---- a checkpoint touched between epochs is still the run's ------------------------------------
+
+class Toucher(Layer):
+    """Passes its input through; at each training forward, touches ``path`` (or rewrites it, same bytes)."""
+
+    def __init__(self, path, how, **kwargs):
+        super().__init__(**kwargs)
+        self.path, self.how = path, how
+
+    def forward(self, x, training=False):
+        if training and self.path.exists():
+            if self.how == "touch":
+                later = time.time() + 5
+                os.utime(self.path, (later, later))
+            else:                                   # copied back over itself: another inode, the same bytes
+                copy = self.path.with_suffix(".copy")
+                copy.write_bytes(self.path.read_bytes())
+                os.replace(copy, self.path)
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+@pytest.mark.parametrize("how", ["touch", "same bytes"])
+def test_a_checkpoint_touched_or_rewritten_unchanged_between_epochs_goes_on(tmp_path, how):
+    path = tmp_path / "run.npz"
+    random.set_seed(0)
+    model = Sequential([Flatten(input_shape=(8, 8, 1)), Toucher(path, how), Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    history = model.fit(*quadrant_data(32), epochs=3, batch_size=16, verbose=0, checkpoint=path)
+    assert len(history.history["loss"]) == 3 and training.read_checkpoint(path)[1]["epoch"] == 3
