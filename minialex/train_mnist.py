@@ -11,9 +11,10 @@ weights before and after training and the history in DIR and draws the run's pic
 dataset and no network, a bad path, a backend this machine cannot run, no matplotlib for
 ``--plots``) end with one line on stderr and exit status 2, found before any work where they can
 be. ``--save`` never replaces an existing file unless it is the run resumed or ``--overwrite`` says
-so, nor one that another run writes, and ``--resume`` refuses flags that contradict the checkpoint's
-run. SIGTERM is handled like Ctrl-C: temporary files removed, the last complete checkpoint kept, exit
-status 143 (130 for Ctrl-C); a second Ctrl-C or SIGTERM while that happens is ignored.
+so, nor one that another run writes; nor does ``--plots`` replace a run's weights and history
+without ``--overwrite``; ``--resume`` refuses flags that contradict the checkpoint's run. SIGTERM
+is handled like Ctrl-C: temporary files removed, the last complete checkpoint kept, exit status
+143 (130 for Ctrl-C); a second Ctrl-C or SIGTERM while that happens is ignored.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def build_parser():
                         help="write a checkpoint (weights, optimiser, history) after every epoch")
     parser.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in PATH")
     parser.add_argument("--overwrite", action="store_true",
-                        help="let --save replace an existing file (by default it refuses to)")
+                        help="let --save replace an existing file, and --plots a run's weights and history "
+                             "(by default they refuse to)")
     parser.add_argument("--plots", default=None, metavar="DIR",
                         help="keep the initial and final weights and the history in DIR and draw the run's "
                              "pictures there (needs matplotlib: pip install 'minialex[viz]')")
@@ -123,6 +125,11 @@ def check_arguments(args):
             raise ValueError(describe_differences(args.resume, differences))
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise NotADirectoryError(f"--plots {args.plots} is a file, not a folder")
+    kept = [name for name in (viz.INITIAL_WEIGHTS, viz.WEIGHTS, viz.HISTORY)
+            if args.plots and os.path.lexists(Path(args.plots) / name)]
+    if kept and not args.overwrite:
+        raise FileExistsError(f"--plots {args.plots} holds another run's {', '.join(kept)} already; choose another "
+                              f"folder, or pass --overwrite to replace them")
 
 
 def choose_backend(args):

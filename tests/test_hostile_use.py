@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from minialex import parallel, random, serialization, train_mnist, training
+from minialex import parallel, random, serialization, train_mnist, training, viz
 from minialex.layers import Dense, Flatten, Layer
 from minialex.models import Sequential
 from minialex.optimizers import Adam
@@ -261,3 +261,20 @@ def test_a_checkpoint_touched_or_rewritten_unchanged_between_epochs_goes_on(tmp_
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     history = model.fit(*quadrant_data(32), epochs=3, batch_size=16, verbose=0, checkpoint=path)
     assert len(history.history["loss"]) == 3 and training.read_checkpoint(path)[1]["epoch"] == 3
+
+
+# ---- --plots never replaces a run's weights unasked -------------------------------------------
+
+def test_plots_into_a_folder_of_an_earlier_run_is_refused_before_any_work(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / viz.WEIGHTS).write_bytes(b"the only copy")
+    (run / viz.HISTORY).write_text("{}")
+    base = ["--backend", "numpy", "--data-dir", str(tmp_path / "never-read"), "--plots", str(run)]
+    assert train_mnist.main(base) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --plots {run} holds another run's weights.npz, history.json already; choose another "
+                   f"folder, or pass --overwrite to replace them\n")
+    assert (run / viz.WEIGHTS).read_bytes() == b"the only copy"
+    args = train_mnist.build_parser().parse_args(base + ["--overwrite"])
+    train_mnist.check_arguments(args)              # told to: allowed
