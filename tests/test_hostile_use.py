@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from minialex import parallel, random, serialization, train_mnist, training, viz
-from minialex.layers import Dense, Flatten, Layer
-from minialex.models import Sequential
-from minialex.optimizers import Adam
+from minialex.layers import BatchNormalization, Dense, Flatten, Layer
+from minialex.models import Sequential, alexnet_mnist
+from minialex.optimizers import SGD, Adam
 from minialex.serialization import load_npz, save_npz
 
 from .test_models import quadrant_data, small_model
@@ -278,3 +278,33 @@ def test_plots_into_a_folder_of_an_earlier_run_is_refused_before_any_work(tmp_pa
     assert (run / viz.WEIGHTS).read_bytes() == b"the only copy"
     args = train_mnist.build_parser().parse_args(base + ["--overwrite"])
     train_mnist.check_arguments(args)              # told to: allowed
+
+
+# ---- float16 is refused where the layer is made -------------------------------------------------
+
+@pytest.mark.parametrize("make", [lambda: alexnet_mnist(dtype="float16"), lambda: Dense(3, dtype=np.float16),
+                                  lambda: BatchNormalization(dtype="int32")])
+def test_a_dtype_the_layers_do_not_compute_in_is_refused_at_construction(make):
+    with pytest.raises(ValueError, match=r"dtype must be 'float32' \(training\) or 'float64' \(gradient checks\), "
+                                         r"got '(float16|int32)'"):
+        make()
+
+
+# ---- hyperparameters that cannot work are refused where they are given ---------------------------
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Adam(beta_1=1.0), r"beta_1 must be in \[0, 1\), got 1.0 \(each step divides by 1 - beta_1 \*\* t\)"),
+    (lambda: Adam(beta_2=-0.1), r"beta_2 must be in \[0, 1\), got -0.1"),
+    (lambda: Adam(epsilon=0), r"epsilon must be a positive finite number, got 0 \(it keeps m / \(sqrt\(v\) \+ "),
+    (lambda: Adam(learning_rate="0.001"), r"learning_rate must be a positive finite number, got '0.001'"),
+    (lambda: SGD(momentum=True), r"momentum must be in \[0, 1\), got True"),
+    (lambda: BatchNormalization(epsilon=float("inf")), "epsilon must be a positive finite number, got inf"),
+])
+def test_hyperparameters_that_cannot_work_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_numpy_numbers_are_hyperparameters_too():
+    adam = Adam(learning_rate=np.float32(0.5), beta_1=np.float64(0.5))
+    assert (adam.learning_rate, adam.beta_1) == (0.5, 0.5)
