@@ -205,6 +205,10 @@ def main(argv=None) -> int:
     except (backend.BackendError, DatasetUnavailableError, NonFiniteLossError, OSError, ValueError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except MemoryError as exc:      # NumPy's says how much it asked for; a ulimit -v or a full machine
+        print(f"error: out of memory{': ' + _one_line(exc) if str(exc) else ''}; free memory or raise the limit "
+              f"(ulimit -v), or use a smaller --batch-size or --limit{_kept(args)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except viz.MatplotlibMissing as exc:
         print(f"error: no pictures drawn: {exc} (the weights and history are saved in {args.plots}; "
               f"draw them later with python -m minialex.viz {args.plots})", file=sys.stderr)

@@ -308,3 +308,17 @@ def test_hyperparameters_that_cannot_work_are_refused(make, message):
 def test_numpy_numbers_are_hyperparameters_too():
     adam = Adam(learning_rate=np.float32(0.5), beta_1=np.float64(0.5))
     assert (adam.learning_rate, adam.beta_1) == (0.5, 0.5)
+
+
+# ---- the example: out of memory, a closed pipe ------------------------------------------------------
+
+def test_out_of_memory_is_one_line_and_status_2(monkeypatch, capsys):
+    def run(args):                            # what NumPy raises under a small ulimit -v
+        raise MemoryError("Unable to allocate 4.00 TiB for an array with shape (1099511627776,) and data type "
+                          "float32")
+
+    monkeypatch.setattr(train_mnist, "run", run)
+    assert train_mnist.main(["--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: out of memory: Unable to allocate 4.00 TiB")
+    assert err.endswith("free memory or raise the limit (ulimit -v), or use a smaller --batch-size or --limit\n")
