@@ -3,8 +3,8 @@
 A run that saves checkpoints to PATH holds an exclusive lock (``flock``) on ``.NAME.lock`` beside
 it (beside a link's target) from before its first step to its end. A second run on the same file
 is refused before it trains, naming the process and host that hold it (the lock file says). The
-lock goes with its process: what a kill -9 leaves is taken over by the next run, and removed when
-that run ends.
+lock goes with its process (a child it forks does not keep it): what a kill -9 leaves is taken
+over by the next run, and removed when that run ends.
 
 Where there are no locks (Windows) or they are not honoured (some network file systems), a second
 rule still holds: before each save, the run checks that the file is still the one it last wrote
@@ -18,6 +18,7 @@ import hashlib
 import os
 import socket
 import stat
+import weakref
 
 try:
     import fcntl
@@ -46,10 +47,12 @@ class CheckpointOwner:
     def __enter__(self):
         if fcntl is not None:
             self.descriptor = self._lock()
+            _held.add(self)
         self.saved()
         return self
 
     def __exit__(self, *exc_info):
+        _held.discard(self)
         if self.descriptor is not None:
             try:
                 os.unlink(self.lock)         # still locked: a run that opened it meanwhile sees it gone
@@ -97,6 +100,20 @@ class CheckpointOwner:
 
     def saved(self):
         self.known, self.known_content = _identity(self.path), _content(self.path)
+
+
+def _release_in_child():
+    """A forked child does not hold its parent's checkpoints: it closes its copies of their lock files'
+    descriptors (the parent's stay locked), so that a lock never outlives the run that took it."""
+    for owner in list(_held):
+        os.close(owner.descriptor)
+        owner.descriptor = None
+    _held.clear()
+
+
+_held: weakref.WeakSet = weakref.WeakSet()     # the owners whose locks this process holds
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_in_child)
 
 
 def _identity(path):

@@ -20,6 +20,7 @@ from minialex import parallel, random, serialization, train_mnist, training, viz
 from minialex.layers import BatchNormalization, Dense, Flatten, Layer
 from minialex.models import Sequential, alexnet_mnist
 from minialex.optimizers import SGD, Adam
+from minialex.ownership import CheckpointOwner
 from minialex.serialization import load_npz, save_npz
 
 from .test_models import quadrant_data, small_model
@@ -322,3 +323,24 @@ def test_out_of_memory_is_one_line_and_status_2(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: out of memory: Unable to allocate 4.00 TiB")
     assert err.endswith("free memory or raise the limit (ulimit -v), or use a smaller --batch-size or --limit\n")
+
+
+# ---- a checkpoint's lock never outlives its run in a forked child ---------------------------------
+
+def test_a_forked_child_does_not_keep_its_parents_checkpoint_lock(tmp_path):
+    """The parent dies (its descriptor closed, as a kill -9 does) while a child it forked runs on:
+    the next run takes the lock over (it was refused, naming the dead parent)."""
+    path = tmp_path / "run.npz"
+    owner = CheckpointOwner(path).__enter__()
+    read, write = os.pipe()
+    started, running = os.pipe()
+    pid = in_child(lambda: os.write(running, b"x") and os.read(read, 1))     # runs until told
+    try:
+        assert os.read(started, 1) == b"x"            # the child runs (its fork handlers are done)
+        os.close(owner.descriptor)                    # the parent's end of the lock, as at its death
+        owner.descriptor = None
+        with CheckpointOwner(path):
+            pass
+    finally:
+        os.write(write, b"x")
+        assert finishes(pid) == 0
