@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     """Run from the command line: 0 when done, 2 for a problem the user can fix (one line on stderr),
     130 after Ctrl-C and 143 after SIGTERM (temporary files removed, the last complete checkpoint kept)."""
     args = build_parser().parse_args(argv)
+    before = _stamp(args.save)       # what --save held before this run: not this run's checkpoint
     try:
         with signals_unwind():
             run(args)
@@ -207,24 +208,40 @@ def main(argv=None) -> int:
         return EXIT_USER_ERROR
     except MemoryError as exc:      # NumPy's says how much it asked for; a ulimit -v or a full machine
         print(f"error: out of memory{': ' + _one_line(exc) if str(exc) else ''}; free memory or raise the limit "
-              f"(ulimit -v), or use a smaller --batch-size or --limit{_kept(args)}", file=sys.stderr)
+              f"(ulimit -v), or use a smaller --batch-size or --limit{_kept(args, before)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except viz.MatplotlibMissing as exc:
         print(f"error: no pictures drawn: {exc} (the weights and history are saved in {args.plots}; "
               f"draw them later with python -m minialex.viz {args.plots})", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"interrupted{_kept(args)}", file=sys.stderr)
+        print(f"interrupted{_kept(args, before)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Terminated:
-        print(f"terminated (SIGTERM){_kept(args)}", file=sys.stderr)
+        print(f"terminated (SIGTERM){_kept(args, before)}", file=sys.stderr)
         return EXIT_TERMINATED
     return 0
 
 
-def _kept(args) -> str:
-    path = args.save or args.resume
-    return f"; the last complete checkpoint is in {path}" if path and Path(path).is_file() else ""
+def _kept(args, before) -> str:
+    """Where the last complete checkpoint of this run is, for a run that stops: the --save file once
+    this run wrote it (it is not ``before`` any more), else the file it resumed; or that none was saved."""
+    if args.save and os.path.isfile(args.save) and _stamp(args.save) != before:
+        return f"; the last complete checkpoint is in {args.save}"
+    if args.resume and os.path.isfile(args.resume):
+        return f"; the last complete checkpoint is in {args.resume}"
+    if args.save and os.path.isfile(args.save):
+        return f"; no epoch was saved: {args.save} holds what it held before this run"
+    return ""
+
+
+def _stamp(path):
+    """(inode, modification time, size) of the file at ``path``, or None."""
+    try:
+        status = os.stat(path)
+    except (OSError, TypeError, ValueError):     # no file, no path (None), a path with a NUL byte
+        return None
+    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 def _one_line(exc) -> str:

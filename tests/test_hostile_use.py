@@ -344,3 +344,23 @@ def test_a_forked_child_does_not_keep_its_parents_checkpoint_lock(tmp_path):
     finally:
         os.write(write, b"x")
         assert finishes(pid) == 0
+
+
+def test_an_interrupted_overwrite_does_not_call_the_other_runs_file_its_checkpoint(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "old.npz"
+    path.write_bytes(b"another run's checkpoint")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mnist, "run", interrupted)
+    assert train_mnist.main(["--save", str(path), "--overwrite"]) == 130
+    assert capsys.readouterr().err == f"interrupted; no epoch was saved: {path} holds what it held before this run\n"
+
+    def one_epoch_then_interrupted(args):
+        save_npz(args.save, {"a": np.ones(3)})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mnist, "run", one_epoch_then_interrupted)
+    assert train_mnist.main(["--save", str(path), "--overwrite"]) == 130
+    assert capsys.readouterr().err == f"interrupted; the last complete checkpoint is in {path}\n"
