@@ -73,12 +73,21 @@ def array_kind(name, array, images=True):
     return array
 
 
-def finite(name, array):
-    """Raise a ValueError saying how many values of ``array`` (on any backend) are NaN or infinite, and where."""
+def finite(name, array, original=None, samples=True):
+    """Raise a ValueError saying how many values of ``array`` (on any backend) are NaN or infinite, and
+    in which samples (rows) unless ``samples`` is false. ``original``: the array before its cast to
+    ``array``'s dtype, where a finite value beyond the dtype's range (1e39 in float32) became infinity:
+    said as such."""
     if array.size == 0 or array.dtype.kind != "f":
         return
     if bool(backend.get_array_module(array).isfinite(array.min() + array.max())):
         return   # min and max carry any NaN; min + max of finite float32 values stays finite or shows inf
+    if original is not None and original is not array:
+        finite(name, original, samples=samples)      # NaN or infinity before the cast: said as such
+        xp = backend.get_array_module(original)
+        largest = float(xp.abs(original[xp.isfinite(original)]).max())
+        raise ValueError(f"bad input: {name} holds values beyond the range of {array.dtype} (up to {largest:.3g}): "
+                         f"they would become infinity; scale them down")
     xp = backend.get_array_module(array)
     bad, rows = 0, []
     for start in range(0, array.shape[0], CHUNK_ROWS):
@@ -88,8 +97,9 @@ def finite(name, array):
         if len(rows) < 5:
             rows += (start + backend.to_numpy(xp.flatnonzero(mask.any(axis=1)))[:5]).tolist()
     if bad:
+        where = f", in samples {rows[:5]}{' ...' if len(rows) > 5 else ''}" if samples else ""
         raise ValueError(f"bad input: {name} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or "
-                         f"infinity), in samples {rows[:5]}{' ...' if len(rows) > 5 else ''}; fix or drop them")
+                         f"infinity){where}; fix or drop them")
 
 
 def representable(name, array, dtype):
@@ -98,13 +108,7 @@ def representable(name, array, dtype):
     xp = backend.get_array_module(array)
     with numpy.errstate(over="ignore"):          # the overflow is what is reported below
         cast = xp.asarray(array, dtype=dtype)
-    try:
-        finite(name, cast.reshape(1, -1))
-    except ValueError:
-        finite(name, array.reshape(1, -1))       # NaN or infinity before the cast: said as such
-        largest = float(xp.abs(array[xp.isfinite(array)]).max())
-        raise ValueError(f"bad input: {name} holds values beyond the range of {numpy.dtype(dtype)} (up to "
-                         f"{largest:.3g}): they would become infinity") from None
+    finite(name, cast.reshape(1, -1), original=array.reshape(1, -1), samples=False)
     return cast
 
 

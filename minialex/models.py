@@ -286,12 +286,12 @@ class Sequential:
             raise ValueError(f"{names[0]} must be an array of samples, got a scalar")
         if not self.built:
             self.build(tuple(x.shape[1:]))
-        x = backend.to_device(x, dtype=self.dtype)
+        given, x = x, backend.to_device(x, dtype=self.dtype)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{names[0]}: the model expects inputs of shape (batch,) + {self.input_shape}, "
                              f"got {tuple(x.shape)}")
         if check_values:
-            checks.finite(names[0], x)
+            checks.finite(names[0], x, original=given)
         if y is None:
             return x
         y = backend.to_device(checks.array_kind(names[1], y, images=False), dtype=self.dtype)

@@ -364,3 +364,19 @@ def test_an_interrupted_overwrite_does_not_call_the_other_runs_file_its_checkpoi
     monkeypatch.setattr(train_mnist, "run", one_epoch_then_interrupted)
     assert train_mnist.main(["--save", str(path), "--overwrite"]) == 130
     assert capsys.readouterr().err == f"interrupted; the last complete checkpoint is in {path}\n"
+
+
+# ---- messages that told something untrue ----------------------------------------------------------
+
+def test_a_finite_float64_input_beyond_float32s_range_is_called_so_not_non_finite():
+    x, y = quadrant_data(32)
+    x = x.astype(np.float64)
+    x[3, 1, 1, 0] = 1e39
+    with pytest.warns(RuntimeWarning, match="overflow"), \
+            pytest.raises(ValueError, match=r"^bad input: x holds values beyond the range of float32 \(up to "
+                                            r"1e\+39\): they would become infinity; scale them down$"):
+        compiled().fit(x, y, verbose=0)
+    x[4, 1, 1, 0] = np.nan                             # NaN itself is said as such, with its sample
+    with pytest.warns(RuntimeWarning, match="overflow"), \
+            pytest.raises(ValueError, match=r"x holds 1 non-finite value \(NaN or infinity\), in samples \[4\]"):
+        compiled().fit(x, y, verbose=0)
