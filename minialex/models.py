@@ -31,7 +31,7 @@ from .layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, Layer,
                      Softmax)
 from .losses import SoftmaxCrossEntropy
 from .optimizers import get_optimizer
-from .serialization import WEIGHTS_FORMAT, describe, load_npz, save_npz
+from .serialization import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, describe, load_npz, save_npz
 
 LOSSES = ("categorical_crossentropy",)
 
@@ -144,6 +144,7 @@ class Sequential:
         A ``losses.SoftmaxCrossEntropy()`` instance means the model's output already is the logits.
         """
         self.optimizer = get_optimizer(optimizer)
+        metrics = [metrics] if isinstance(metrics, str) else metrics      # metrics='accuracy': one metric
         unknown = [m for m in metrics or () if m not in ("accuracy", "acc")]
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; only 'accuracy' is supported")
@@ -295,9 +296,17 @@ class Sequential:
         if y is None:
             return x
         y = backend.to_device(checks.array_kind(names[1], y, images=False), dtype=self.dtype)
-        if y.ndim != 2 or y.shape != (x.shape[0],) + tuple(self.output_shape):
-            raise ValueError(f"{names[1]} must be one-hot targets of shape ({x.shape[0]}, {self.output_shape[0]}), "
-                             f"got {tuple(y.shape)}; convert labels with minialex.data.to_categorical")
+        expected = (x.shape[0],) + tuple(self.output_shape)
+        if y.ndim == 2 and y.shape[1:] == expected[1:] and y.shape[0] != x.shape[0]:
+            raise ValueError(f"{names[0]} holds {x.shape[0]} samples but {names[1]} {y.shape[0]} targets: give one "
+                             f"target row per sample")
+        if y.ndim == 2 and y.shape[1] != expected[1] and y.shape[1] > 1:
+            raise ValueError(f"{names[1]} has {y.shape[1]} columns (classes), the model outputs {expected[1]}: "
+                             f"make it with to_categorical(labels, {expected[1]}), or end the model in "
+                             f"Dense({y.shape[1]}, ...)")
+        if y.shape != expected:
+            raise ValueError(f"{names[1]} must be one-hot targets of shape {expected}, got {tuple(y.shape)}; "
+                             f"convert labels with minialex.data.to_categorical")
         if check_values:
             checks.finite(names[1], y)
             checks.targets(names[1], y)
@@ -392,7 +401,7 @@ class Sequential:
         missing = sorted(set(items) - set(arrays))
         extra = sorted(set(arrays) - set(items))
         if missing or extra:
-            raise ValueError(f"weights do not match the model: missing {missing}, unexpected {extra}")
+            raise ValueError(f"weights do not match the model: missing {_first(missing)}, unexpected {_first(extra)}")
         for name, param in items.items():
             array = arrays[name]
             if not hasattr(array, "dtype") or not hasattr(array, "shape"):
@@ -430,8 +439,19 @@ class Sequential:
         """Read weights written by ``save_weights``, on any backend; names and shapes are checked."""
         if not self.built:
             self.build()
-        arrays, _ = load_npz(path)
-        self.assign_weights(arrays)
+        arrays, meta = load_npz(path)
+        if (meta or {}).get("format") == CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is a checkpoint, not a weights file: continue its run with fit(resume_from="
+                             f"{str(path)!r}) (the example: --resume), with the same data and settings")
+        try:
+            self.assign_weights(arrays)
+        except ValueError as exc:
+            raise ValueError(f"{path} does not fit this model: {exc}") from None
+
+
+def _first(names, count=5):
+    """A list of names in a message: the first ``count``, and how many in all when there are more."""
+    return f"{names}" if len(names) <= count else f"{names[:count]} and {len(names) - count} more"
 
 
 def _check_batch_size(batch_size):

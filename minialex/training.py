@@ -445,6 +445,10 @@ def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, v
         count = f"a {type(validation_data).__name__} of {len(validation_data)}" \
             if isinstance(validation_data, (tuple, list)) else type(validation_data).__name__
         raise ValueError(f"validation_data must be a pair (x_val, y_val), got {count}")
+    if validation_data is not None and any(part is None for part in validation_data):
+        missing = "x_val" if validation_data[0] is None else "y_val"
+        raise ValueError(f"validation_data's {missing} is None: give both arrays (y_val one-hot, as y), or "
+                         f"validation_data=None for no validation")
     holding = nullcontext() if checkpoint is None else owned_checkpoint(checkpoint, resume_from, overwrite)
     with holding as owner:   # no other run writes the checkpoint until fit returns
         if resume_from is not None:

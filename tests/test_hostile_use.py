@@ -380,3 +380,43 @@ def test_a_finite_float64_input_beyond_float32s_range_is_called_so_not_non_finit
     with pytest.warns(RuntimeWarning, match="overflow"), \
             pytest.raises(ValueError, match=r"x holds 1 non-finite value \(NaN or infinity\), in samples \[4\]"):
         compiled().fit(x, y, verbose=0)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda x, y: dict(validation_data=(x, None)), r"^validation_data's y_val is None: give both arrays"),
+    (lambda x, y: dict(validation_data=(None, y)), r"^validation_data's x_val is None"),
+    (lambda x, y: dict(y=y[:30]), r"^x holds 32 samples but y 30 targets: give one target row per sample$"),
+    (lambda x, y: dict(y=np.eye(5, dtype=np.float32)[y.argmax(axis=1)]),
+     r"^y has 5 columns \(classes\), the model outputs 3: make it with to_categorical\(labels, 3\)"),
+])
+def test_mismatched_targets_are_named_for_what_they_are(make, message):
+    x, y = quadrant_data(32)
+    kwargs = dict(x=x, y=y, verbose=0)
+    kwargs.update(make(x, y))
+    model = compiled()
+    with pytest.raises(ValueError, match=message) as error:
+        model.fit(**kwargs)
+    assert "to_categorical" not in str(error.value) or "columns" in str(error.value)
+    assert model.optimizer.iterations == 0
+
+
+def test_one_metric_given_as_a_string():
+    model = small_model()
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics="accuracy")
+    with pytest.raises(ValueError, match=r"unknown metrics \['mse'\]"):
+        model.compile(metrics="mse")
+
+
+def test_load_weights_given_a_checkpoint_says_so_in_a_line(tmp_path):
+    path = tmp_path / "run.npz"
+    compiled().fit(*quadrant_data(32), epochs=1, batch_size=16, verbose=0, checkpoint=path)
+    model = compiled()
+    with pytest.raises(ValueError) as error:
+        model.load_weights(path)
+    assert str(error.value) == (f"{path} is a checkpoint, not a weights file: continue its run with "
+                                f"fit(resume_from='{path}') (the example: --resume), with the same data and settings")
+    many = {f"layer_{i}/kernel": np.zeros(3) for i in range(40)}
+    save_npz(tmp_path / "other.npz", many)
+    with pytest.raises(ValueError, match=r"other.npz does not fit this model: weights do not match the model: "
+                                         r"missing \[.*\] and 1 more, unexpected \[.*\] and 35 more$"):
+        model.load_weights(tmp_path / "other.npz")
