@@ -428,6 +428,7 @@ class Sequential:
         if not self.built:
             raise ValueError("the model is not built yet: there are no weights to save")
         checks.flag("overwrite", overwrite)
+        path = os.fsdecode(path)
         if not overwrite and os.path.isfile(path):
             kind, held = describe(path)
             if kind != WEIGHTS_FORMAT:
@@ -439,6 +440,7 @@ class Sequential:
         """Read weights written by ``save_weights``, on any backend; names and shapes are checked."""
         if not self.built:
             self.build()
+        path = os.fsdecode(path)
         arrays, meta = load_npz(path)
         if (meta or {}).get("format") == CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is a checkpoint, not a weights file: continue its run with fit(resume_from="

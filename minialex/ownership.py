@@ -32,7 +32,7 @@ class CheckpointInUseError(OSError):
 
 def lock_path(path) -> str:
     """The lock file of the checkpoint at ``path``: ``.NAME.lock`` beside it (beside a link's target)."""
-    folder, name = os.path.split(os.path.realpath(path))
+    folder, name = os.path.split(os.path.realpath(os.fsdecode(path)))
     return os.path.join(folder, f".{name}.lock")
 
 
@@ -40,7 +40,7 @@ class CheckpointOwner:
     """Within the block, this process holds ``path``: ``check()`` before each save, ``saved()`` after."""
 
     def __init__(self, path):
-        self.path, self.lock = os.fspath(path), lock_path(path)
+        self.path, self.lock = os.fsdecode(path), lock_path(path)
         self.descriptor = None
         self.known = self.known_content = None
 

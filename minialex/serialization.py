@@ -46,7 +46,7 @@ NPY_MAGIC = b"\x93NUMPY"
 
 def temporary_path(path, suffix=".tmp") -> str:
     """A fresh temporary name beside ``path``: hidden, and naming this host and process."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     folder, name = os.path.split(os.path.abspath(path))
     return os.path.join(folder, f".{name}.{WRITER_HOST}.{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}")
 
@@ -56,7 +56,7 @@ def remove_stale_temporaries(path, suffix=".tmp", legacy=None) -> list[str]:
 
     ``legacy``: a regular expression for names older versions used (removed once ``STALE_SECONDS`` old).
     """
-    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    folder, name = os.path.split(os.path.abspath(os.fsdecode(path)))
     pattern = re.compile(rf"\.{re.escape(name)}\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)-[0-9a-f]+{re.escape(suffix)}")
     old = re.compile(legacy) if legacy else None
     try:
@@ -152,7 +152,7 @@ def check_destination(path, what="save", also=None) -> str:
     writable, it is no folder, and the names of the files written beside it fit the file system's
     limit on a name's length: the temporary file's, and ``also`` ({what it is: its name}) for other
     files the caller creates there."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)      # a str, bytes or a pathlib.Path
     if not path:
         raise ValueError(f"cannot {what} to an empty path: name a file")
     target = os.path.realpath(path)
@@ -229,14 +229,8 @@ def save_npz(path, arrays: dict, meta: dict | None = None) -> None:
 
 def load_npz(path) -> tuple[dict, dict | None]:
     """Read a file written by ``save_npz``: (name -> NumPy array, meta or None)."""
-    path = os.fspath(path)
-    if not path:
-        raise FileNotFoundError("no file named: the path is empty")
+    path = check_readable(path, "a .npz file")
     _clean(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a folder, not a .npz file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path}")
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as file:
             kind = "a .npy file (one array)" if file.read(len(NPY_MAGIC)) == NPY_MAGIC else "not a zip archive"
@@ -256,6 +250,27 @@ def load_npz(path) -> tuple[dict, dict | None]:
     if not isinstance(meta, dict):
         raise ValueError(f"{path} has unreadable metadata (not a JSON object)")
     return arrays, meta
+
+
+def check_readable(path, what="a file") -> str:
+    """``path`` as a str, once known to name a regular file that can be read; else an error saying what
+    is there instead (``what``: what was expected, for the message). A FIFO or a device is refused
+    unread: reading one may never end."""
+    path = os.fsdecode(path)
+    if not path:
+        raise FileNotFoundError("no file named: the path is empty")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder, not {what}")
+    if not os.path.exists(path):
+        if os.path.islink(path):
+            raise FileNotFoundError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist")
+        raise FileNotFoundError(f"no such file: {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is not a regular file (a FIFO, a socket or a device), so not {what}; "
+                         f"give the file itself")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{path} cannot be read (permission denied)")
+    return path
 
 
 def _clean(path):

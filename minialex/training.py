@@ -434,6 +434,7 @@ def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, v
     with ``overwrite=True``. Every argument, input and destination is checked before the first step.
     """
     model.ensure_compiled()
+    checkpoint, resume_from = (None if path is None else os.fsdecode(path) for path in (checkpoint, resume_from))
     epochs = checks.positive_int("epochs", epochs, minimum=0)
     batch_size = checks.positive_int("batch_size", batch_size)
     validation_split = checks.fraction("validation_split", validation_split)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -420,3 +421,28 @@ def test_load_weights_given_a_checkpoint_says_so_in_a_line(tmp_path):
     with pytest.raises(ValueError, match=r"other.npz does not fit this model: weights do not match the model: "
                                          r"missing \[.*\] and 1 more, unexpected \[.*\] and 35 more$"):
         model.load_weights(tmp_path / "other.npz")
+
+
+def test_a_fifo_or_a_dangling_link_given_to_resume_or_load_weights_is_named(tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink(tmp_path / "gone.npz", tmp_path / "link.npz")
+    said = {"pipe": f"{tmp_path / 'pipe'} is not a regular file (a FIFO, a socket or a device), so not a .npz file",
+            "link.npz": f"{tmp_path / 'link.npz'} is a symbolic link to {tmp_path / 'gone.npz'}, which does not exist"}
+    for name, message in said.items():
+        assert train_mnist.main(["--backend", "numpy", "--resume", str(tmp_path / name)]) == 2   # never blocks
+        assert capsys.readouterr().err.startswith(f"error: {message}")
+        with pytest.raises((OSError, ValueError), match=re.escape(message)):
+            small_model().load_weights(tmp_path / name)
+
+
+def test_paths_given_as_bytes_work_as_strings(tmp_path):
+    x, y = quadrant_data(32)
+    model = compiled()
+    checkpoint = os.fsencode(tmp_path / "run.npz")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, checkpoint=checkpoint)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, checkpoint=checkpoint, resume_from=checkpoint)
+    model.save_weights(os.fsencode(tmp_path / "w.npz"))
+    again = small_model()
+    again.load_weights(os.fsencode(tmp_path / "w.npz"))
+    for a, b in zip(again.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
