@@ -43,6 +43,7 @@ FLAGS = {"dataset": "--dataset", "limit": "--limit", "seed": "--seed", "batch_si
          "validation_digest": "--dataset / --data-dir (the validation images differ)"}
 PATH_FLAGS = ("save", "resume", "data_dir", "plots")
 EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+EXIT_BROKEN_PIPE = 141      # 128 + SIGPIPE: what a shell shows for a tool whose reader went away
 
 
 class Terminated(BaseException):
@@ -197,12 +198,16 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     """Run from the command line: 0 when done, 2 for a problem the user can fix (one line on stderr),
-    130 after Ctrl-C and 143 after SIGTERM (temporary files removed, the last complete checkpoint kept)."""
+    130 after Ctrl-C and 143 after SIGTERM (temporary files removed, the last complete checkpoint kept),
+    141, quietly, once the reader of the output is gone (``| head``)."""
     args = build_parser().parse_args(argv)
     before = _stamp(args.save)       # what --save held before this run: not this run's checkpoint
     try:
         with signals_unwind():
             run(args)
+    except BrokenPipeError:         # the reader of the output is gone (| head): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nothing more to flush at exit
+        return EXIT_BROKEN_PIPE
     except (backend.BackendError, DatasetUnavailableError, NonFiniteLossError, OSError, ValueError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from minialex.ownership import CheckpointOwner
 from minialex.serialization import load_npz, save_npz
 
 from .test_models import quadrant_data, small_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def finishes(pid, seconds=20.0):
@@ -446,3 +449,28 @@ def test_paths_given_as_bytes_work_as_strings(tmp_path):
     again.load_weights(os.fsencode(tmp_path / "w.npz"))
     for a, b in zip(again.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+PRINTS_ON = textwrap.dedent("""
+    import sys
+    import time
+    from minialex import train_mnist
+
+    def run(args):                      # the example's output, line after line
+        while True:
+            print("Epoch 1/5", flush=True)
+            time.sleep(0.01)
+
+    train_mnist.run = run
+    sys.exit(train_mnist.main([]))
+""")
+
+
+def test_output_into_a_pipe_whose_reader_is_gone_ends_quietly():
+    """As `... | head -1`: the reader takes a line and leaves; no 'Broken pipe', no traceback at exit."""
+    process = subprocess.Popen([sys.executable, "-c", PRINTS_ON], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "Epoch 1/5\n"
+    process.stdout.close()
+    assert process.wait(timeout=30) == 141
+    assert process.stderr.read() == ""
