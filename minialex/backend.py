@@ -284,7 +284,11 @@ _state = {"name": None, "xp": None, "stand_in": None}
 def _ensure_backend():
     """Pick the starting backend from $MINIALEX_BACKEND the first time one is needed."""
     if _state["name"] is None:
-        _state["name"], _state["xp"] = _resolve(os.environ.get("MINIALEX_BACKEND", "numpy"))
+        name = os.environ.get("MINIALEX_BACKEND") or "numpy"     # set but empty: as unset
+        try:
+            _state["name"], _state["xp"] = _resolve(name)
+        except BackendError as exc:
+            raise BackendError(f"MINIALEX_BACKEND={name}: {exc} (or unset it)") from None
 
 
 def _state_xp():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import weakref
 
 from . import backend, checks, flat, parallel, random, training
 from .layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D,
@@ -52,6 +53,12 @@ class Sequential:
     def add(self, layer):
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add expects a minialex Layer, got {type(layer).__name__}")
+        owner = _owners.get(layer)
+        if owner is not None and owner() not in (None, self):
+            raise ValueError(f"layer {layer.name!r} belongs to another model already: its weights live in that "
+                             f"model's buffers, so two models cannot share it (training one would leave the other's "
+                             f"weights behind); make a new layer, and copy weights with set_weights")
+        _owners[layer] = weakref.ref(self)
         taken = {existing.name for existing in self.layers}
         base, suffix = layer.name, 0
         while layer.name in taken:
@@ -321,6 +328,7 @@ class Sequential:
         statistics that the training forward moved included).
         """
         self.ensure_compiled()
+        self.optimizer.check_fits([] if self.flat_parameters is None else [self.flat_parameters])
         x, y = self.prepare_inputs(x, y, check_values=False)
         if x.shape[0] == 0:
             raise ValueError("train_on_batch needs at least one sample")
@@ -358,6 +366,9 @@ class Sequential:
     def evaluate(self, x, y, batch_size=32, verbose=0):
         """[loss, accuracy] over (x, y), computed in batches of ``batch_size``."""
         self.ensure_compiled()
+        if y is None:
+            raise ValueError("evaluate needs the targets y (one-hot rows) to score against; for the outputs alone, "
+                             "use predict(x)")
         x, y = self.prepare_inputs(x, y)
         if x.shape[0] == 0:
             raise ValueError("evaluate needs at least one sample")
@@ -449,6 +460,9 @@ class Sequential:
             self.assign_weights(arrays)
         except ValueError as exc:
             raise ValueError(f"{path} does not fit this model: {exc}") from None
+
+
+_owners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # layer -> (a weak reference to) its model
 
 
 def _first(names, count=5):

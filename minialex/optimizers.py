@@ -58,6 +58,16 @@ class Optimizer:
     def update(self, index, param, grad):
         raise NotImplementedError
 
+    def check_fits(self, params) -> None:
+        """Raise a ValueError unless the state kept so far (none before the first step) is for ``params``:
+        an optimiser keeps the state of one model's weights."""
+        for name, arrays in self.slots.items():
+            if arrays and [a.shape for a in arrays] != [p.shape for p in params]:
+                kept = sum(int(a.size) for a in arrays)
+                raise ValueError(f"the optimizer keeps its state ({name}) for {kept:,} weights, the model has "
+                                 f"{sum(int(p.size) for p in params):,}: it was used with another model, or the model "
+                                 f"changed since; compile the model with a new optimizer (e.g. Adam(...))")
+
     def get_state(self) -> dict:
         """{'iterations': int, 'slot/i': array copy, ...}: everything a resumed run needs."""
         state = {"iterations": self.iterations}

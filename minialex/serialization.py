@@ -155,12 +155,19 @@ def check_destination(path, what="save", also=None) -> str:
     path = os.fsdecode(path)      # a str, bytes or a pathlib.Path
     if not path:
         raise ValueError(f"cannot {what} to an empty path: name a file")
+    if "\0" in path:
+        raise ValueError(f"cannot {what} to {path!r}: a path cannot hold a NUL byte")
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
+        if os.path.exists(folder):
+            raise NotADirectoryError(f"cannot {what} to {path}: {folder} is a file, not a folder")
         raise FileNotFoundError(f"cannot {what} to {path}: folder {folder} does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot {what} to {path}: it is a folder; name a file inside it")
+    if os.path.exists(target) and not os.path.isfile(target):   # renaming over it would replace the node itself
+        raise ValueError(f"cannot {what} to {path}: it is not a regular file (a FIFO, a socket or a device such "
+                         f"as /dev/null); name a file")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot {what} to {path}: folder {folder} is not writable")
     limit = _name_limit(folder)
@@ -259,6 +266,8 @@ def check_readable(path, what="a file") -> str:
     path = os.fsdecode(path)
     if not path:
         raise FileNotFoundError("no file named: the path is empty")
+    if "\0" in path:
+        raise ValueError(f"{path!r} cannot name a file: a path cannot hold a NUL byte")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder, not {what}")
     if not os.path.exists(path):

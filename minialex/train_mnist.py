@@ -257,12 +257,14 @@ class signals_unwind:
     """Within the block, Ctrl-C (SIGINT) raises KeyboardInterrupt and SIGTERM ``Terminated`` in the main
     thread, so that both unwind alike (``finally`` blocks remove temporary files). After the first,
     both are ignored for the rest of the process: a second Ctrl-C, quick on the first, neither cuts
-    that short nor prints a traceback at exit (where Python waits for the worker threads)."""
+    that short nor prints a traceback at exit (where Python waits for the worker threads). A signal
+    ignored when the block starts (SIGINT, for a job a script starts with &) stays ignored."""
 
     def __enter__(self):
         self.previous = None
         if threading.current_thread() is threading.main_thread():
-            self.previous = {signum: signal.signal(signum, self._raise) for signum in (signal.SIGINT, signal.SIGTERM)}
+            self.previous = {signum: signal.signal(signum, self._raise) for signum in (signal.SIGINT, signal.SIGTERM)
+                             if signal.getsignal(signum) is not signal.SIG_IGN}
         return self
 
     @staticmethod

@@ -243,7 +243,8 @@ def _split(x, y, validation_split, validation_data):
     split_at = int(math.floor(x.shape[0] * (1.0 - validation_split)))
     if split_at == 0 or split_at == x.shape[0]:
         raise ValueError(f"validation_split={validation_split} leaves an empty training or validation set "
-                         f"for {x.shape[0]} samples")
+                         f"for {x.shape[0]} samples: give more samples, or a validation_split that leaves one on "
+                         f"each side (0 for no validation)")
     return x[:split_at], y[:split_at], x[split_at:], y[split_at:]
 
 
@@ -434,6 +435,7 @@ def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, v
     with ``overwrite=True``. Every argument, input and destination is checked before the first step.
     """
     model.ensure_compiled()
+    model.optimizer.check_fits([] if model.flat_parameters is None else [model.flat_parameters])
     checkpoint, resume_from = (None if path is None else os.fsdecode(path) for path in (checkpoint, resume_from))
     epochs = checks.positive_int("epochs", epochs, minimum=0)
     batch_size = checks.positive_int("batch_size", batch_size)

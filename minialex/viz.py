@@ -311,6 +311,8 @@ def read_history(path) -> dict:
 def redraw(run_dir, data_dir=None) -> list[Path]:
     """Redraw a saved run's pictures: the tutorial network with its weights, on the MNIST test set."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir} is a file, not a run folder (train_mnist.py --plots DIR writes one)")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no such folder: {run_dir}")
     missing = [name for name in (WEIGHTS, HISTORY) if not (run_dir / name).is_file()]

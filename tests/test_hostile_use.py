@@ -8,7 +8,9 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from minialex import parallel, random, serialization, train_mnist, training, viz
+from minialex import backend, parallel, random, serialization, train_mnist, training, viz
+from minialex.data import load_mnist
 from minialex.layers import BatchNormalization, Dense, Flatten, Layer
 from minialex.models import Sequential, alexnet_mnist
 from minialex.optimizers import SGD, Adam
@@ -474,3 +477,123 @@ def test_output_into_a_pipe_whose_reader_is_gone_ends_quietly():
     process.stdout.close()
     assert process.wait(timeout=30) == 141
     assert process.stderr.read() == ""
+
+
+# ---- the sweep (issue 29, 12): more mistakes a new user makes ----------------------------------------
+
+def test_evaluate_without_targets_says_to_predict():
+    with pytest.raises(ValueError, match=r"^evaluate needs the targets y .*; for the outputs alone, use predict\(x\)$"):
+        compiled().evaluate(quadrant_data(32)[0], None)
+
+
+def test_an_optimizer_used_with_another_model_or_before_a_change_is_refused_before_the_step():
+    x, y = quadrant_data(32)
+    optimizer = Adam(0.01)
+    first = small_model()
+    first.compile(optimizer=optimizer, loss="categorical_crossentropy")
+    first.fit(x, y, verbose=0)
+    other = Sequential([Flatten(input_shape=(8, 8, 1)), Dense(3, activation="softmax")])
+    other.compile(optimizer=optimizer, loss="categorical_crossentropy")
+    before = other.get_weights()
+    message = r"the optimizer keeps its state \(m\) for [\d,]+ weights, the model has 195: it was used with another"
+    with pytest.raises(ValueError, match=message):
+        other.fit(x, y, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        other.train_on_batch(x, y)
+    for a, b in zip(other.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_layer_of_one_model_cannot_join_another():
+    """Its weights are views of the first model's flat buffer: the second would take them over, and
+    training the first would change nothing it computes with (its loss stayed as it was)."""
+    shared = Dense(3, activation="softmax")
+    first = Sequential([Flatten(input_shape=(8, 8, 1)), shared])
+    with pytest.raises(ValueError, match="layer 'dense' belongs to another model already"):
+        Sequential([Flatten(input_shape=(8, 8, 1)), shared])
+    first.add(Dense(3, activation="softmax"))        # its own model takes more layers
+    del first                                         # once that model is gone, another may take the layer
+    assert Sequential([Flatten(input_shape=(8, 8, 1)), shared]).layers[1] is shared
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 1), (-4,), (8.0, 8, 1)])
+def test_an_input_shape_of_sizes_below_1_is_refused(shape):
+    with pytest.raises(ValueError, match=r"input_shape must be sizes of at least 1"):
+        Dense(3, input_shape=shape)
+
+
+def test_a_fifo_or_device_is_never_replaced_by_a_save(tmp_path, capsys):
+    """As root, os.replace would put a regular file where /dev/null was; a FIFO shows it harmlessly."""
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"it is not a regular file \(a FIFO, a socket or a device such as /dev/null\)"):
+        compiled().save_weights(fifo, overwrite=True)
+    assert train_mnist.main(["--backend", "numpy", "--save", str(fifo), "--overwrite"]) == 2
+    assert "is not a regular file" in capsys.readouterr().err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_paths_with_a_nul_byte_or_a_file_for_a_folder_are_named(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match=r"a path cannot hold a NUL byte"):
+        compiled().save_weights(str(tmp_path / "a\0b.npz"))
+    with pytest.raises(ValueError, match=r"a path cannot hold a NUL byte"):
+        compiled().load_weights(str(tmp_path / "a\0b.npz"))
+    with pytest.raises(NotADirectoryError, match=rf"{tmp_path / 'afile'} is a file, not a folder"):
+        compiled().save_weights(tmp_path / "afile" / "w.npz")
+
+
+@pytest.mark.parametrize("value, said", [("", None), ("gpu", "MINIALEX_BACKEND=gpu: unknown backend 'gpu'")])
+def test_minialex_backend_empty_is_unset_and_a_bad_one_is_named(monkeypatch, value, said):
+    monkeypatch.setenv("MINIALEX_BACKEND", value)
+    monkeypatch.setitem(backend._state, "name", None)      # as in a new process: chosen at first use
+    if said is None:
+        assert backend.get_backend() == "numpy"
+    else:
+        with pytest.raises(backend.BackendError, match=re.escape(said)):
+            backend.get_backend()
+
+
+def test_a_data_dir_given_with_a_tilde_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=rf"data_dir {tmp_path / 'mnist'} is not a folder"):
+        load_mnist("~/mnist")
+
+
+def test_viz_given_a_file_says_it_is_one(tmp_path, capsys):
+    (tmp_path / "history.json").write_text("{}")
+    assert viz.main([str(tmp_path / "history.json")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'history.json'} is a file, not a run folder "
+                                       f"(train_mnist.py --plots DIR writes one)\n")
+
+
+SLEEPS = textwrap.dedent("""
+    import sys
+    import time
+    from minialex import train_mnist
+
+    def run(args):
+        print("started", flush=True)
+        time.sleep(1.0)
+        print("finished", flush=True)
+
+    train_mnist.run = run
+    sys.exit(train_mnist.main([]))
+""")
+
+
+def test_a_run_started_with_sigint_ignored_keeps_ignoring_it():
+    """A script's `python train_mnist.py &` starts with SIGINT ignored, so that a Ctrl-C meant for
+    the foreground spares it; the example took SIGINT back and stopped."""
+    process = subprocess.Popen([sys.executable, "-c", SLEEPS], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                               stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert process.stdout.readline() == "started\n"
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert (process.returncode, out, err) == (0, "finished\n", "")
+
+
+def test_a_validation_split_that_leaves_nothing_says_what_to_do():
+    with pytest.raises(ValueError, match=r"leaves an empty training or validation set for 1 samples: give more samples, "
+                                         r"or a validation_split that leaves one on each side \(0 for no validation\)"):
+        compiled().fit(*quadrant_data(1), validation_split=0.2, verbose=0)

@@ -211,10 +211,10 @@ def _dataset(name: str) -> Dataset:
 
 def _load(dataset: Dataset, data_dir, cache_dir, keras_dir, download: dict):
     """Try the sources in the module docstring's order; ``download`` holds fetch's options."""
-    if data_dir is not None:
-        return _load_local(dataset, Path(data_dir), "data_dir")
+    if data_dir is not None:     # "~/mnist" in quotes reaches here unexpanded: expanded as the shell would
+        return _load_local(dataset, Path(data_dir).expanduser(), "data_dir")
     if os.environ.get("MINIALEX_DATA_DIR"):
-        return _load_local(dataset, Path(os.environ["MINIALEX_DATA_DIR"]), "$MINIALEX_DATA_DIR")
+        return _load_local(dataset, Path(os.environ["MINIALEX_DATA_DIR"]).expanduser(), "$MINIALEX_DATA_DIR")
 
     cache = Path(cache_dir if cache_dir is not None else default_cache_dir()) / dataset.name
     for filename in FILES:

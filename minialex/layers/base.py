@@ -65,6 +65,9 @@ class Layer:
     # ---- shapes and parameters -------------------------------------------------------------
     def build(self, input_shape):
         """Create parameters for inputs of per-sample shape ``input_shape`` (batch axis excluded)."""
+        if not all(hasattr(d, "__index__") for d in input_shape) or any(int(d) < 1 for d in input_shape):
+            raise ValueError(f"{self.name}: input_shape must be sizes of at least 1 (per sample, no batch axis), "
+                             f"got {tuple(input_shape)}")
         input_shape = tuple(int(d) for d in input_shape)
         if self.input_ndim is not None and len(input_shape) != self.input_ndim - 1:
             raise ValueError(f"{self.name}: expects inputs with {self.input_ndim} axes (batch first), "
