@@ -82,8 +82,14 @@ class CheckpointOwner:
             except FileNotFoundError:
                 pass
             os.close(descriptor)
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        try:
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        except OSError as exc:               # a full disk: said before any work, naming the file
+            os.unlink(self.lock)
+            os.close(descriptor)
+            raise OSError(exc.errno, f"cannot write {self.lock}, the lock of {self.path}: {exc.strerror}; "
+                                     f"free some space there, or save elsewhere") from None
         return descriptor
 
     def check(self, epoch):

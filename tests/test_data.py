@@ -7,6 +7,7 @@ are skipped when they are absent.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import logging
@@ -27,6 +28,7 @@ from hypothesis.extra import numpy as hnp
 from minialex.data import (DatasetUnavailableError, default_cache_dir, default_keras_dir, fetch,
                            format_idx, load_fashion_mnist, load_mnist, pad_images, parse_idx,
                            preprocess_images, read_idx, to_categorical)
+from minialex.data import mnist as mnist_module
 from minialex.data.mnist import FILES
 
 SHARED = Path(os.environ.get("MINIALEX_DATA_DIR")
@@ -521,3 +523,16 @@ def test_something_in_the_caches_way_is_named_not_a_hidden_part_file(tmp_path, s
     with pytest.raises(DatasetUnavailableError) as error:
         load_mnist(cache_dir=cache, mirrors=[serve_shared(server, "m", [])], **FAST)
     assert f"The cache cannot take a download ({said})." in str(error.value) and ".part" not in str(error.value)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_under_a_download_is_said_to_be_the_disk_not_the_network(tmp_path, server, monkeypatch):
+    @contextlib.contextmanager
+    def onto_a_full_disk(target, suffix):        # every write fails as on a full disk: ENOSPC
+        yield "/dev/full"
+
+    monkeypatch.setattr(mnist_module, "held_temporary", onto_a_full_disk)
+    with pytest.raises(DatasetUnavailableError) as error:
+        load_mnist(cache_dir=tmp_path, mirrors=[serve_shared(server, "m"), serve_shared(server, "n")], **FAST)
+    assert "The cache cannot take a download (No space left on device)." in str(error.value)
+    assert list(server.hits) == [f"/m/{next(iter(FILES))}.gz"]       # no retry, no other mirror: no use

@@ -597,3 +597,17 @@ def test_a_validation_split_that_leaves_nothing_says_what_to_do():
     with pytest.raises(ValueError, match=r"leaves an empty training or validation set for 1 samples: give more samples, "
                                          r"or a validation_split that leaves one on each side \(0 for no validation\)"):
         compiled().fit(*quadrant_data(1), validation_split=0.2, verbose=0)
+
+
+def test_a_disk_too_full_for_the_lock_file_is_said_before_any_work(tmp_path, monkeypatch):
+    from minialex import ownership
+
+    def full(descriptor, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ownership.os, "write", full)
+    model = compiled()
+    with pytest.raises(OSError, match=rf"cannot write {tmp_path / '.run.npz.lock'}, the lock of {tmp_path / 'run.npz'}: "
+                                      r"No space left on device; free some space there, or save elsewhere"):
+        model.fit(*quadrant_data(32), verbose=0, checkpoint=tmp_path / "run.npz")
+    assert model.optimizer.iterations == 0 and os.listdir(tmp_path) == []

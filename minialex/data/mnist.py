@@ -64,7 +64,8 @@ CHUNK_SIZE = 1 << 16
 LOCAL_HINT = ("pass --data-dir (data_dir=...) or set MINIALEX_DATA_DIR to a folder holding the four files "
               + ", ".join(FILES) + " (plain or .gz)")
 OFFLINE_HINT = "connect to the network, or " + LOCAL_HINT
-CACHE_HINT = "set MINIALEX_CACHE_DIR to a folder you can write (downloads go there), or " + LOCAL_HINT
+CACHE_HINT = ("set MINIALEX_CACHE_DIR to a folder you can write, with room for the files (downloads go there), or "
+              + LOCAL_HINT)
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -77,6 +78,14 @@ class _DownloadError(Exception):
     def __init__(self, message: str, transient: bool):
         super().__init__(message)
         self.transient = transient
+
+
+class _Unwritable(Exception):
+    """The download's file cannot be written (a full disk): ``error`` is the OSError, passed on as it is."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -379,9 +388,14 @@ def _copy_url(url, file, timeout, progress, label):
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
                       leave=False, disable=None if progress else True) as bar:
                 while chunk := response.read(CHUNK_SIZE):
-                    file.write(chunk)
+                    try:
+                        file.write(chunk)
+                    except OSError as exc:        # this machine's disk, not the network
+                        raise _Unwritable(exc) from None
                     received += len(chunk)
                     bar.update(len(chunk))
+    except _Unwritable as exc:
+        raise exc.error from None       # a full disk: no mirror can help
     except urllib.error.HTTPError as exc:
         raise _DownloadError(f"{url}: HTTP {exc.code} {exc.reason}",
                              transient=exc.code >= 500 or exc.code == 429) from None
