@@ -150,6 +150,8 @@ class Sequential:
         'softmax') or a Softmax layer): the softmax and the loss then run fused, from the logits.
         A ``losses.SoftmaxCrossEntropy()`` instance means the model's output already is the logits.
         """
+        if not self.layers:
+            raise ValueError("the model has no layers: add them before compile (Sequential([...]) or model.add)")
         self.optimizer = get_optimizer(optimizer)
         metrics = [metrics] if isinstance(metrics, str) else metrics      # metrics='accuracy': one metric
         unknown = [m for m in metrics or () if m not in ("accuracy", "acc")]

@@ -611,3 +611,8 @@ def test_a_disk_too_full_for_the_lock_file_is_said_before_any_work(tmp_path, mon
                                       r"No space left on device; free some space there, or save elsewhere"):
         model.fit(*quadrant_data(32), verbose=0, checkpoint=tmp_path / "run.npz")
     assert model.optimizer.iterations == 0 and os.listdir(tmp_path) == []
+
+
+def test_compiling_a_model_without_layers_says_so():
+    with pytest.raises(ValueError, match=r"^the model has no layers: add them before compile"):
+        Sequential().compile()
