@@ -10,6 +10,7 @@ both over the layers where the trick applies (e.g. all five convolutions):
     LRN's band matrix     against a loop over the window, 2r + 1 shifted slice-adds
     power() by roots      against den ** beta
     max-pool's separable taps  against the max over all PH*PW taps of the window at once
+    max-pool's routing in place  against routing from zeros, adding each tap's share (disjoint windows)
 
 The twins loop in Python over images, so the conv, pool, dense and loss twins run on a slice of
 TWIN_IMAGES images and their time is scaled to the batch (a loop's time grows with the images it
@@ -49,7 +50,7 @@ from minialex.layers import Conv2D, Dense, LocalResponseNorm, MaxPool2D  # noqa:
 from minialex.layers.base import same_padding  # noqa: E402
 from minialex.layers.conv import col2im, col2im_by_taps, im2col  # noqa: E402
 from minialex.layers.lrn import power, window_sum  # noqa: E402
-from minialex.layers.pool import max_over_taps  # noqa: E402
+from minialex.layers.pool import max_over_taps, max_pool, route_by_adding, route_in_place  # noqa: E402
 from minialex.losses import SoftmaxCrossEntropy  # noqa: E402
 
 TWIN_IMAGES = 1
@@ -260,6 +261,17 @@ def trick_comparisons(net):
         return max_over_taps(max_over_taps(x, axis=1, size=ph, stride=sh, length=oh), axis=2, size=pw, stride=sw,
                              length=ow)
 
+    disjoint = [p for p in pools if p.padding == "valid" and all(s >= k for s, k in zip(p.strides, p.pool_size))]
+    passes = {p.name: max_pool(net.inputs[p.name], p.pool_size, p.strides, NO_PADS, p.output_shape[:2])
+              for p in disjoint}
+
+    def two_passes(route, p):
+        """dx of pool p through ``route``: across the columns' maxima, then down each column."""
+        x, (y, column_max) = net.inputs[p.name], passes[p.name]
+        (ph, pw), (sh, sw), (oh, ow) = p.pool_size, p.strides, p.output_shape[:2]
+        dcolumn_max = route(net.grads[p.name], column_max, y, axis=2, size=pw, stride=sw, length=ow)
+        return route(dcolumn_max, x, column_max, axis=1, size=ph, stride=sh, length=oh)
+
     out = [
         Comparison(f"first conv's im2col (C = {first.input_shape[-1]}): the C == 1 branch vs the general one",
                    "conv2d", lambda: im2col(s0["xpad"], NO_PADS, first.kernel_size, first.strides, s0["out"]),
@@ -280,6 +292,9 @@ def trick_comparisons(net):
                    f"{len(pools)} pool", lambda: [p.backward(net.grads[p.name]) for p in pools],
                    lambda: [route_over_all_taps(net.grads[p.name], net.inputs[p.name], separable(p), p.pool_size,
                                                 p.strides) for p in pools]),
+        Comparison("max-pool routing, disjoint windows: in place (parked in the next tap) vs from zeros, adding",
+                   f"{len(disjoint)} pool", lambda: [two_passes(route_in_place, p) for p in disjoint],
+                   lambda: [two_passes(route_by_adding, p) for p in disjoint]),
     ]
     return out
 

@@ -27,13 +27,14 @@ from __future__ import annotations
 import copy
 import math
 import os
+import weakref
 
 from . import backend, checks, flat, graphs, parallel, random, training
 from .layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D,
                      Softmax)
 from .losses import SoftmaxCrossEntropy
 from .optimizers import get_optimizer
-from .serialization import WEIGHTS_FORMAT, describe, load_npz, save_npz
+from .serialization import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, describe, load_npz, save_npz
 
 LOSSES = ("categorical_crossentropy",)
 
@@ -54,6 +55,12 @@ class Sequential:
     def add(self, layer):
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add expects a minialex Layer, got {type(layer).__name__}")
+        owner = _owners.get(layer)
+        if owner is not None and owner() not in (None, self):
+            raise ValueError(f"layer {layer.name!r} belongs to another model already: its weights live in that "
+                             f"model's buffers, so two models cannot share it (training one would leave the other's "
+                             f"weights behind); make a new layer, and copy weights with set_weights")
+        _owners[layer] = weakref.ref(self)
         taken = {existing.name for existing in self.layers}
         base, suffix = layer.name, 0
         while layer.name in taken:
@@ -145,7 +152,10 @@ class Sequential:
         'softmax') or a Softmax layer): the softmax and the loss then run fused, from the logits.
         A ``losses.SoftmaxCrossEntropy()`` instance means the model's output already is the logits.
         """
+        if not self.layers:
+            raise ValueError("the model has no layers: add them before compile (Sequential([...]) or model.add)")
         self.optimizer = get_optimizer(optimizer)
+        metrics = [metrics] if isinstance(metrics, str) else metrics      # metrics='accuracy': one metric
         unknown = [m for m in metrics or () if m not in ("accuracy", "acc")]
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; only 'accuracy' is supported")
@@ -295,18 +305,26 @@ class Sequential:
             raise ValueError(f"{names[0]} must be an array of samples, got a scalar")
         if not self.built:
             self.build(tuple(x.shape[1:]))
-        x = backend.to_device(x, dtype=self.dtype)
+        given, x = x, backend.to_device(x, dtype=self.dtype)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{names[0]}: the model expects inputs of shape (batch,) + {self.input_shape}, "
                              f"got {tuple(x.shape)}")
         if check_values:
-            checks.finite(names[0], x)
+            checks.finite(names[0], x, original=given)
         if y is None:
             return x
         y = backend.to_device(checks.array_kind(names[1], y, images=False), dtype=self.dtype)
-        if y.ndim != 2 or y.shape != (x.shape[0],) + tuple(self.output_shape):
-            raise ValueError(f"{names[1]} must be one-hot targets of shape ({x.shape[0]}, {self.output_shape[0]}), "
-                             f"got {tuple(y.shape)}; convert labels with minialex.data.to_categorical")
+        expected = (x.shape[0],) + tuple(self.output_shape)
+        if y.ndim == 2 and y.shape[1:] == expected[1:] and y.shape[0] != x.shape[0]:
+            raise ValueError(f"{names[0]} holds {x.shape[0]} samples but {names[1]} {y.shape[0]} targets: give one "
+                             f"target row per sample")
+        if y.ndim == 2 and y.shape[1] != expected[1] and y.shape[1] > 1:
+            raise ValueError(f"{names[1]} has {y.shape[1]} columns (classes), the model outputs {expected[1]}: "
+                             f"make it with to_categorical(labels, {expected[1]}), or end the model in "
+                             f"Dense({y.shape[1]}, ...)")
+        if y.shape != expected:
+            raise ValueError(f"{names[1]} must be one-hot targets of shape {expected}, got {tuple(y.shape)}; "
+                             f"convert labels with minialex.data.to_categorical")
         if check_values:
             checks.finite(names[1], y)
             checks.targets(names[1], y)
@@ -321,6 +339,7 @@ class Sequential:
         statistics that the training forward moved included).
         """
         self.ensure_compiled()
+        self.optimizer.check_fits([] if self.flat_parameters is None else [self.flat_parameters])
         x, y = self.prepare_inputs(x, y, check_values=False)
         if x.shape[0] == 0:
             raise ValueError("train_on_batch needs at least one sample")
@@ -362,6 +381,9 @@ class Sequential:
     def evaluate(self, x, y, batch_size=32, verbose=0):
         """[loss, accuracy] over (x, y), computed in batches of ``batch_size``."""
         self.ensure_compiled()
+        if y is None:
+            raise ValueError("evaluate needs the targets y (one-hot rows) to score against; for the outputs alone, "
+                             "use predict(x)")
         x, y = self.prepare_inputs(x, y)
         if x.shape[0] == 0:
             raise ValueError("evaluate needs at least one sample")
@@ -408,7 +430,7 @@ class Sequential:
         missing = sorted(set(items) - set(arrays))
         extra = sorted(set(arrays) - set(items))
         if missing or extra:
-            raise ValueError(f"weights do not match the model: missing {missing}, unexpected {extra}")
+            raise ValueError(f"weights do not match the model: missing {_first(missing)}, unexpected {_first(extra)}")
         for name, param in items.items():
             array = arrays[name]
             if not hasattr(array, "dtype") or not hasattr(array, "shape"):
@@ -435,6 +457,7 @@ class Sequential:
         if not self.built:
             raise ValueError("the model is not built yet: there are no weights to save")
         checks.flag("overwrite", overwrite)
+        path = os.fsdecode(path)
         if not overwrite and os.path.isfile(path):
             kind, held = describe(path)
             if kind != WEIGHTS_FORMAT:
@@ -446,8 +469,23 @@ class Sequential:
         """Read weights written by ``save_weights``, on any backend; names and shapes are checked."""
         if not self.built:
             self.build()
-        arrays, _ = load_npz(path)
-        self.assign_weights(arrays)
+        path = os.fsdecode(path)
+        arrays, meta = load_npz(path)
+        if (meta or {}).get("format") == CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is a checkpoint, not a weights file: continue its run with fit(resume_from="
+                             f"{str(path)!r}) (the example: --resume), with the same data and settings")
+        try:
+            self.assign_weights(arrays)
+        except ValueError as exc:
+            raise ValueError(f"{path} does not fit this model: {exc}") from None
+
+
+_owners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # layer -> (a weak reference to) its model
+
+
+def _first(names, count=5):
+    """A list of names in a message: the first ``count``, and how many in all when there are more."""
+    return f"{names}" if len(names) <= count else f"{names[:count]} and {len(names) - count} more"
 
 
 def _check_batch_size(batch_size):

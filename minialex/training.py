@@ -272,7 +272,8 @@ def _split(x, y, validation_split, validation_data):
     split_at = int(math.floor(x.shape[0] * (1.0 - validation_split)))
     if split_at == 0 or split_at == x.shape[0]:
         raise ValueError(f"validation_split={validation_split} leaves an empty training or validation set "
-                         f"for {x.shape[0]} samples")
+                         f"for {x.shape[0]} samples: give more samples, or a validation_split that leaves one on "
+                         f"each side (0 for no validation)")
     return x[:split_at], y[:split_at], x[split_at:], y[split_at:]
 
 
@@ -312,6 +313,10 @@ def run_settings(model: Trainable, x, y, x_val, y_val, batch_size, shuffle, vali
                 "optimizer": type(model.optimizer).__name__}
     settings.update({key: value for key, value in vars(model.optimizer).items()
                      if not key.startswith("_") and key != "iterations" and isinstance(value, (int, float))})
+    clashes = sorted(set(extra or {}) & set(settings))
+    if clashes:
+        raise ValueError(f"settings {clashes}: fit records these itself, from its arguments and the optimiser; "
+                         f"give yours other names")
     settings.update(extra or {})
     return settings
 
@@ -425,14 +430,18 @@ def owned_checkpoint(path, resume_from=None, overwrite=False):
     check_destination(path, "save a checkpoint",
                       also={"its lock file (.NAME.lock)": os.path.basename(lock_path(path))})
     with CheckpointOwner(path) as owner:
-        resumed = resume_from is not None and os.path.exists(resume_from) and os.path.samefile(path, resume_from)
-        if os.path.exists(path) and not overwrite and not resumed:
+        if os.path.exists(path) and not overwrite and not _same_file(path, resume_from):
             _, held = describe(path)
             error = CheckpointExistsError(f"{path} already holds {held}; resume it (resume_from={str(path)!r}), "
                                           f"choose another path, or pass overwrite=True to replace it")
             error.held = held
             raise error
         yield owner
+
+
+def _same_file(path, other):
+    """True when ``other`` (None for none) is the file at ``path``, which exists."""
+    return other is not None and os.path.exists(other) and os.path.samefile(path, other)
 
 
 def check_checkpoint_destination(path, resume_from=None, overwrite=False):
@@ -455,18 +464,23 @@ def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, v
     with ``overwrite=True``. Every argument, input and destination is checked before the first step.
     """
     model.ensure_compiled()
+    model.optimizer.check_fits([] if model.flat_parameters is None else [model.flat_parameters])
+    checkpoint, resume_from = (None if path is None else os.fsdecode(path) for path in (checkpoint, resume_from))
     epochs = checks.positive_int("epochs", epochs, minimum=0)
     batch_size = checks.positive_int("batch_size", batch_size)
     validation_split = checks.fraction("validation_split", validation_split)
     checks.flag("shuffle", shuffle)
     checks.one_of("verbose", verbose, (0, 1, 2))
     checks.flag("overwrite", overwrite)
-    if settings is not None and not isinstance(settings, dict):
-        raise ValueError(f"settings must be a dict, got {type(settings).__name__}")
+    settings = checks.recordable_settings(settings)
     if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
         count = f"a {type(validation_data).__name__} of {len(validation_data)}" \
             if isinstance(validation_data, (tuple, list)) else type(validation_data).__name__
         raise ValueError(f"validation_data must be a pair (x_val, y_val), got {count}")
+    if validation_data is not None and any(part is None for part in validation_data):
+        missing = "x_val" if validation_data[0] is None else "y_val"
+        raise ValueError(f"validation_data's {missing} is None: give both arrays (y_val one-hot, as y), or "
+                         f"validation_data=None for no validation")
     holding = nullcontext() if checkpoint is None else owned_checkpoint(checkpoint, resume_from, overwrite)
     with holding as owner:   # no other run writes the checkpoint until fit returns
         if resume_from is not None:

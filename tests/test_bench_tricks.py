@@ -15,7 +15,7 @@ def net():
 
 def test_every_trick_and_its_plain_way_agree(net):
     tricks = bench_tricks.trick_comparisons(net)
-    assert len(tricks) == 6       # im2col's C == 1 branch, col2im by taps, 2 LRN, 2 pool
+    assert len(tricks) == 7       # im2col's C == 1 branch, col2im by taps, 2 LRN, 3 pool
     for comparison in tricks:
         bench_tricks.check_agree(comparison)
 

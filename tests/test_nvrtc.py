@@ -4,7 +4,8 @@ On a GPU, CuPy writes a kernel's CUDA source when it is first called (``cupy.Ele
 the CUDA halves of ``minialex.kernels``, ``cupy.fuse`` for ``backend.fuse``'s functions) and compiles it
 with NVRTC, a host library NVIDIA ships on PyPI. Both run here without a card:
 
-1. the tutorial network takes a training step and an inference batch (batch 64, float32 and float64)
+1. the tutorial network (and the one with BatchNormalization, for that layer's elementwise kernels)
+   takes a training step and an inference batch (batch 64, float32 and float64)
    through a stand-in for CuPy (``backend.using_module`` with the launch counter's arrays), which keeps
    each fused kernel's arguments: the real shapes and dtypes;
 2. each call is made again with CuPy's own ``ElementwiseKernel`` and ``cupy.fuse``, on CuPy arrays that
@@ -81,15 +82,16 @@ class DrawsOnDevice:
         return device_array((), numpy.uint64), 0
 
 
-def launched(dtype):
+def launched(dtype, norm="lrn"):
     """[(function, arguments, keyword arguments)] of the fused kernels of a training step in ``fit`` (its
     per-step numbers read from the step's values), one by ``train_on_batch`` (passed as arguments) and an
-    inference batch."""
+    inference batch of the tutorial network (``norm='batchnorm'``: the chapter's, with BatchNormalization
+    where LRN is)."""
     recorder = Recorder()
     data = numpy.random.default_rng(0)
     with backend.using_module(recorder, "recording"):
         random.set_seed(0)
-        model = alexnet_mnist(dtype=dtype)
+        model = alexnet_mnist(dtype=dtype, norm=norm)
         model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
         x = backend.to_device(data.random((64, 32, 32, 1)), dtype)
         y = backend.to_device(numpy.eye(10)[data.integers(0, 10, 64)], dtype)
@@ -116,8 +118,14 @@ class DeviceArray(cupy.ndarray):
     def __matmul__(self, other):            # cuBLAS, not a kernel minialex writes: only its shape matters
         return device_array(self.shape[:-1] + other.shape[-1:], self.dtype)
 
-    def sum(self, *args, **kwargs):         # CuPy's own reduction, not minialex's: likewise
-        return device_array((), self.dtype)
+    def sum(self, axis=None, out=None, **kwargs):    # CuPy's own reduction, not minialex's: likewise
+        return out if out is not None else device_array(reduced_shape(self.shape, axis), self.dtype)
+
+    mean = sum
+
+
+def reduced_shape(shape, axis):
+    return () if axis is None else tuple(n for k, n in enumerate(shape) if k != axis % len(shape))
 
 
 def device_array(shape, dtype, strides=None):
@@ -127,11 +135,24 @@ def device_array(shape, dtype, strides=None):
     return DeviceArray(shape, dtype, memptr=nowhere, strides=strides)
 
 
+class UnwrittenReduction:
+    """In ``cupy.ReductionKernel``'s place: the reduced array's shape, no source (reductions are checked
+    on a card)."""
+
+    def __init__(self, *definition):
+        pass
+
+    def __call__(self, *args, axis=None):
+        first = next(a for a in args if isinstance(a, cupy.ndarray))
+        outputs = [a for a in args[2:] if isinstance(a, cupy.ndarray)]
+        return outputs[0] if outputs else device_array(reduced_shape(first.shape, axis), first.dtype)
+
+
 class DeviceCupy:
     """Just enough of the cupy module for the kernels' CUDA halves: CuPy's own ElementwiseKernel, arrays
     that hold no memory, and a cuBLAS product that does nothing (cuBLAS's kernels are not minialex's)."""
     __name__ = "cupy"
-    ElementwiseKernel, uint64 = cupy.ElementwiseKernel, cupy.uint64
+    ElementwiseKernel, ReductionKernel, uint64 = cupy.ElementwiseKernel, UnwrittenReduction, cupy.uint64
 
     @staticmethod
     def gemm(*arguments):
@@ -295,6 +316,29 @@ def launches(request, nvrtc_ready):
         for launch in cuda_sources(function, args, kwargs):
             distinct.setdefault(launch.source, launch)
     return list(distinct.values())
+
+
+BATCHNORM_KERNELS = {"minialex_batchnorm_normalize", "minialex_batchnorm_inference",
+                     "minialex_batchnorm_moving_average", "minialex_batchnorm_backward"}
+
+
+@pytest.fixture(scope="module", params=["float32", "float64"])
+def batchnorm_launches(request, nvrtc_ready):
+    """[Launch] of BatchNormalization's elementwise kernels in the chapter's network (its reductions,
+    CuPy's ReductionKernel, are checked on a card)."""
+    distinct = {}
+    for function, args, kwargs in launched(request.param, norm="batchnorm"):
+        for launch in cuda_sources(function, args, kwargs):
+            if launch.name in BATCHNORM_KERNELS:
+                distinct.setdefault(launch.source, launch)
+    return list(distinct.values())
+
+
+def test_nvrtc_compiles_batchnorm_s_elementwise_kernels_cleanly(batchnorm_launches):
+    assert {launch.name for launch in batchnorm_launches} == BATCHNORM_KERNELS
+    for arch in ARCHS:
+        found = {f"{launch.name} #{i}": problems(launch, arch) for i, launch in enumerate(batchnorm_launches)}
+        assert not {name: lines for name, lines in found.items() if lines}, arch
 
 
 TUTORIAL_KERNELS = {   # minialex.kernels' (not BatchNormalization's: the network has none) and backend.fuse's
