@@ -93,7 +93,8 @@ def keras_reference(args, threads, x, y):
     try:
         import keras_reference
     except ImportError as exc:
-        needs = "Keras 3 and JAX (carry keras, namex and optree as wheels)" if on_gpu else "pip install 'minialex[bench]'"
+        needs = ("Keras 3 and JAX (carry keras, namex and optree as wheels)" if on_gpu
+                 else "pip install 'minialex[bench]'")
         return None, f"Keras is not installed ({exc}): {needs} to fill its column"
     if on_gpu and keras_reference.BACKEND != "jax":
         return None, f"Keras runs on {keras_reference.BACKEND} in this process, not JAX: no Keras column on a GPU"
@@ -104,10 +105,10 @@ def keras_reference(args, threads, x, y):
         return None, f"Keras failed: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
 
 
-def torch_peers(reference, torch):
-    """{name: a synchronised training step} of PyTorch captured as a CUDA graph and compiled with
-    ``mode='reduce-overhead'`` (on a GPU; each left out, saying why in one line, where it fails), and the
-    compile's seconds (nan if none)."""
+def torch_peers(reference, compile_step=True):
+    """{name: a synchronised training step} of PyTorch captured as a CUDA graph and (``compile_step``)
+    compiled with ``mode='reduce-overhead'`` (on a GPU; each left out, saying why in one line, where it
+    fails), and the compile's seconds (nan if none)."""
     peers, compile_s = {}, float("nan")
     if reference is None or reference.device.type != "cuda":
         return peers, compile_s
@@ -117,6 +118,8 @@ def torch_peers(reference, torch):
         peers["PyTorch graphed"] = _synchronised(torch_reference.graphed_step(reference), reference)
     except Exception as exc:  # noqa: BLE001
         print(f"(PyTorch's CUDA graph failed: {type(exc).__name__}: {' '.join(str(exc).split())[:160]})")
+    if not compile_step:
+        return peers, compile_s
     try:
         step, compile_s = torch_reference.compiled_step(reference)
         peers["PyTorch compiled"] = _synchronised(step, reference)
@@ -240,6 +243,7 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=None, help="time inference on the first N test images only")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-keras", action="store_true")
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile (its compile takes a while)")
     parser.add_argument("--skip-layers", action="store_true", help="only the whole step and inference")
     args = parser.parse_args(argv)
 
@@ -300,7 +304,7 @@ def main(argv=None):
     _, fit_step = common.fit_steps(model, x, y)       # as fit runs it: on a GPU, the graph replayed
     gemm_call, gemm_flops = common.gemm_function()
     functions = {"ours": step, "fit": fit_step, "gemm": gemm_call}
-    peer_steps, compile_s = torch_peers(reference, torch)
+    peer_steps, compile_s = torch_peers(reference, not args.no_compile)
     if reference is not None:
         functions["theirs"] = _synchronised(reference.train_step, reference)
     functions.update(peer_steps)
@@ -324,7 +328,8 @@ def main(argv=None):
     print(f"{'':<34} step rate / GEMM rate, round by round (median): {100 * share:.0f}% "
           f"(GEMM {gemm_flops / statistics.median(times['gemm']) / 1e9:.1f} GFLOP/s in these rounds)")
 
-    result = {"step_ms": step_ms, "fit_step_ms": fit_ms, "gemm_share": share, "epoch_s": STEPS_PER_EPOCH * fit_ms / 1000}
+    result = {"step_ms": step_ms, "fit_step_ms": fit_ms, "gemm_share": share,
+              "epoch_s": STEPS_PER_EPOCH * fit_ms / 1000}
     peers = {}
     if reference is not None:
         result["torch_step_ms"] = common.median_ms(times["theirs"])

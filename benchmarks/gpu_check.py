@@ -258,9 +258,9 @@ def stage_line(stage, outcome):
         if not values:
             return last_line(text)
         same = {1.0: "equal", 0.0: "DIFFER"}.get(values.get("eager_equals_graphed"), "n/a")
+        host, device = fmt(values.get("replayed_host_ms"), ".3f"), fmt(values.get("replayed_device_ms"), ".3f")
         return (f"graph of {fmt(values.get('graph_nodes'), '.0f')} nodes; eager vs replayed {same}; replayed step "
-                f"host/device {fmt(values.get('replayed_host_ms'), '.3f')}/{fmt(values.get('replayed_device_ms'), '.3f')} "
-                f"ms; 5 epochs warm {fmt(values.get('warm_train_s'), '.2f', ' s')}")
+                f"host/device {host}/{device} ms; 5 epochs warm {fmt(values.get('warm_train_s'), '.2f', ' s')}")
     return last_line(text)
 
 
@@ -358,18 +358,21 @@ def graph_figures(values, text, gpu):
                  ", ".join(f"{float(a):.0f}+{float(b):.0f}" for a, b in pools) or "n/a", "flat across epochs"))
     rows.append(("the largest kernel of the step", f"{values.get('table_largest', 'n/a')}",
                  f"the step's kernels {fmt(values.get('table_step_device_ms'), '.3f')} ms on the card"))
-    peers = [(name, values.get(f"peers_{key}_step_ms"), values.get(f"peers_{key}_ratio"))
-             for name, key in (("PyTorch eager", "torch"), ("PyTorch graphed", "torch_graphed"),
-                               ("PyTorch compiled", "torch_compiled"), ("Keras on JAX", "keras"))]
-    if "peers_torch_step_ms" in values:
-        peers[0] = ("PyTorch eager", values.get("peers_torch_step_ms"), values.get("peers_fit_ratio"))
-    rows.append(("fit's step ms, minialex", fmt(values.get("peers_fit_step_ms"), ".3f"),
-                 f"ratio to the fastest peer {fmt(values.get('peers_best_peer_ratio'))} "
-                 f"({values.get('peers_fastest_peer', 'n/a')}): <= 1 {verdict(isinstance(values.get('peers_best_peer_ratio'), float) and values['peers_best_peer_ratio'] <= 1.0)}"))
-    rows.append(("peers' step ms (minialex / peer)", "; ".join(f"{name} {fmt(ms, '.3f')} ({fmt(ratio)})"
-                                                              for name, ms, ratio in peers), ""))
-    if "peers_torch_compile_s" in values:
-        rows.append(("torch.compile's compile (s)", fmt(values["peers_torch_compile_s"], ".1f"), "apart from the step"))
+    peers = {"PyTorch eager": values.get("peers_torch_step_ms"),
+             "PyTorch graphed": values.get("peers_torch_graphed_step_ms"),
+             "PyTorch compiled": values.get("compiled_torch_compiled_step_ms"),
+             "Keras on JAX": values.get("peers_keras_step_ms")}
+    ours = values.get("peers_fit_step_ms")
+    timed = {name: ms for name, ms in peers.items() if isinstance(ms, float) and ms > 0}
+    fastest = min(timed, key=timed.get) if timed else None
+    ratio = ours / timed[fastest] if fastest and isinstance(ours, float) else None
+    rows.append(("fit's step ms, minialex", fmt(ours, ".3f"), f"/ the fastest peer ({fastest or 'n/a'}): {fmt(ratio)}, "
+                 f"<= 1: {verdict(ratio is not None and ratio <= 1.0)}"))
+    rows.append(("peers' step ms (minialex / peer)", "; ".join(
+        f"{name} {fmt(ms, '.3f')} ({fmt(ours / ms if isinstance(ours, float) and name in timed else None)})"
+        for name, ms in peers.items()), "same card, same batch, TF32 off"))
+    rows.append(("torch.compile's compile (s)", fmt(values.get("compiled_torch_compile_s"), ".1f"),
+                 "apart from the step (its own run of compare.py)"))
     return rows
 
 

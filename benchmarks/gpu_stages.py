@@ -297,7 +297,7 @@ def gradcheck_layers(args):
 GRAPH_STEPS = 50                # eager steps against replayed ones, from one seed
 QUICK_BATCH = 16                # the dry run's batch
 STEP_ROUNDS = 30                # steps timed for host and device milliseconds
-PART_S = {"cold": 75, "warm": 60, "table": 60, "peers": 120}     # each part's own limit (seconds)
+PART_S = {"cold": 60, "warm": 40, "table": 40, "peers": 70, "compiled": 60}    # each part's limit (seconds)
 
 
 def graphs(args):
@@ -379,7 +379,8 @@ def training_batches(data_dir, count):
     from minialex.data import to_categorical
 
     x, labels = training_images(data_dir)
-    return numpy.resize(x, (count,) + x.shape[1:]).astype(numpy.float32), to_categorical(numpy.resize(labels, count), 10)
+    x = numpy.resize(x, (count,) + x.shape[1:]).astype(numpy.float32)
+    return x, to_categorical(numpy.resize(labels, count), 10)
 
 
 def step_times(backend_name, x, y, eager):
@@ -418,7 +419,9 @@ def parts(args):
     if args.quick:                       # the CPU: one run of the epochs (no kernel cache to warm), small sizes
         return [("cold", epochs), ("table", table + ["--batch", str(QUICK_BATCH)]),
                 ("peers", peers + ["--step-rounds", "1", "--images", "100", "--no-keras"])]
-    return [("cold", epochs), ("warm", epochs), ("table", table), ("peers", peers + ["--step-rounds", "10"])]
+    return [("cold", epochs), ("warm", epochs), ("table", table),
+            ("peers", peers + ["--step-rounds", "10", "--no-compile"]),       # torch.compile apart: it may take long
+            ("compiled", peers + ["--step-rounds", "5", "--images", "1000", "--no-keras"])]
 
 
 _cache: dict = {}

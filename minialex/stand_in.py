@@ -269,8 +269,8 @@ class CountingArray(numpy.ndarray):
         method.__name__ = what
         return method
 
-    __float__, __int__, __bool__, __index__ = _read("__float__"), _read("__int__"), _read("__bool__"), _read("__index__")
-    item, tolist = _read("item"), _read("tolist")
+    __float__, __int__, __bool__ = _read("__float__"), _read("__int__"), _read("__bool__")
+    __index__, item, tolist = _read("__index__"), _read("item"), _read("tolist")
     del _read
 
     def __deepcopy__(self, memo):

@@ -47,7 +47,8 @@ def fitted(on, steps=5, epochs=1, make=small_model, optimizer="adam", samples=No
         make_steps = model.training_steps
         model.training_steps = lambda *args: kept.append(make_steps(*args)) or kept[-1]
         history = model.fit(x, y, epochs=epochs, batch_size=BATCH, verbose=0, **fit)
-        state = {key: value if isinstance(value, int) else host(value) for key, value in model.optimizer.get_state().items()}
+        state = {key: value if isinstance(value, int) else host(value)
+                 for key, value in model.optimizer.get_state().items()}
         return (model.get_weights(), state, random.get_rng().get_state(), history.history, kept[0],
                 counter.total)
 
@@ -301,7 +302,7 @@ def test_step_draws_draw_the_generator_s_own_numbers():
 
 
 def test_the_cupy_support_captures_on_its_own_stream_with_the_graph_s_pool():
-    """CupyGraphs's calls, in order, on a stand-in for CuPy's streams, pools and graphs (the card runs the real ones)."""
+    """CupyGraphs's calls, in order, on a stand-in for CuPy's streams, pools and graphs (a card runs the real ones)."""
     calls = []
 
     class Stream:
