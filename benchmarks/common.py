@@ -12,7 +12,7 @@ import time
 
 import numpy
 
-from minialex import backend, random
+from minialex import backend, random, training
 from minialex.models import alexnet_mnist
 
 BATCH = 64
@@ -72,6 +72,22 @@ def mnist_training_images(count=BATCH, data_dir=DATA_DIR):
         return (rng.random((count, 32, 32, 1), dtype=numpy.float32),
                 numpy.eye(10, dtype=numpy.float32)[rng.integers(0, 10, count)]), "random images"
     return (preprocess_images(x[:count]), to_categorical(y[:count], 10)), "MNIST training images"
+
+
+def fit_steps(model, x, y, warmup=3, batch=BATCH):
+    """(what ``fit`` runs its steps over (x, y) through: ``training.EagerSteps`` on the CPU,
+    ``graphs.TrainingSteps`` on a GPU; a function running one step on the first ``batch`` rows), after
+    ``warmup`` such steps (on a GPU: eager, captured, replayed)."""
+    guard = training.NonFiniteGuard(model, -(-x.shape[0] // batch), x)
+    steps = model.training_steps(x, y, guard)
+    steps.start_epoch()
+
+    def run():
+        steps.run(0, slice(0, batch))
+
+    for _ in range(warmup):
+        run()
+    return steps, run
 
 
 def layer_inputs(model, x):

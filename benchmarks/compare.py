@@ -26,6 +26,13 @@ kernel that holds the stream until the host has launched the whole step, so that
 waits for the host. Host time above that queued device time means the host (launching kernels)
 bounds the step; below it, the card does. Every row is also printed as a ``LAYER key=value`` line,
 and the run ends with ``RESULT key=value ...`` (benchmarks/gpu_check.py reads both).
+
+minialex's step is timed twice: eagerly (``train_step`` and ``apply_gradients``) and as ``fit`` runs it
+(``common.fit_steps``: on a GPU each step replayed as a CUDA graph, ``minialex.graphs``). On a GPU the
+peers are PyTorch eager, PyTorch with the whole step captured as a CUDA graph (``torch.cuda.graph``,
+Adam with ``capturable=True``), ``torch.compile(mode='reduce-overhead')`` (its compile time printed
+apart) and Keras 3 on JAX (``KERAS_BACKEND=jax``, where Keras and JAX are installed); the ratio of
+``fit``'s step to each, and to the fastest, ends the table.
 """
 from __future__ import annotations
 
@@ -77,17 +84,51 @@ def torch_reference(args, threads, x, y):
 
 
 def keras_reference(args, threads, x, y):
-    """(the notebook's model in Keras on this batch, its version), or (None, why not)."""
+    """(the notebook's model in Keras on this batch, its version), or (None, why not). On a GPU Keras 3
+    runs on JAX (set before Keras is first imported; JAX told not to take most of the card's memory)."""
     if args.no_keras:
         return None, "Keras left out (--no-keras)"
-    if backend.get_backend() != "numpy":
-        return None, "Keras runs on the CPU here: no Keras column on a GPU"
+    on_gpu = backend.get_backend() == "cupy"
+    if on_gpu:
+        os.environ.setdefault("KERAS_BACKEND", "jax")
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         import keras_reference
     except ImportError as exc:
-        return None, f"Keras is not installed ({exc}): pip install 'minialex[bench]' to fill its column"
-    version = keras_reference.set_threads(threads)
-    return keras_reference.Reference(x, y), version
+        needs = ("Keras 3 and JAX (carry keras, namex and optree as wheels)" if on_gpu
+                 else "pip install 'minialex[bench]'")
+        return None, f"Keras is not installed ({exc}): {needs} to fill its column"
+    if on_gpu and keras_reference.BACKEND != "jax":
+        return None, f"Keras runs on {keras_reference.BACKEND} in this process, not JAX: no Keras column on a GPU"
+    try:
+        version = keras_reference.set_threads(None if on_gpu else threads)
+        return keras_reference.Reference(x, y), version
+    except Exception as exc:  # noqa: BLE001 - a peer lost, not the run
+        return None, f"Keras failed: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+
+
+def torch_peers(reference, compile_step=True):
+    """{name: a synchronised training step} of PyTorch captured as a CUDA graph and (``compile_step``)
+    compiled with ``mode='reduce-overhead'`` (on a GPU; each left out, saying why in one line, where it
+    fails), and the compile's seconds (nan if none)."""
+    peers, compile_s = {}, float("nan")
+    if reference is None or reference.device.type != "cuda":
+        return peers, compile_s
+    import torch_reference
+
+    try:
+        peers["PyTorch graphed"] = _synchronised(torch_reference.graphed_step(reference), reference)
+    except Exception as exc:  # noqa: BLE001
+        print(f"(PyTorch's CUDA graph failed: {type(exc).__name__}: {' '.join(str(exc).split())[:160]})")
+    if not compile_step:
+        return peers, compile_s
+    try:
+        step, compile_s = torch_reference.compiled_step(reference)
+        peers["PyTorch compiled"] = _synchronised(step, reference)
+        print(f"torch.compile(mode='reduce-overhead'): {compile_s:.1f} s to compile (the first 3 steps)")
+    except Exception as exc:  # noqa: BLE001
+        print(f"(torch.compile failed: {type(exc).__name__}: {' '.join(str(exc).split())[:160]})")
+    return peers, compile_s
 
 
 def row(label, ours, theirs, flops, gemm, split=None):
@@ -205,6 +246,7 @@ def main(argv=None):
     parser.add_argument("--inference-rounds", type=int, default=3, help="passes over the test images per library")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-keras", action="store_true")
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile (its compile takes a while)")
     parser.add_argument("--skip-layers", action="store_true", help="only the whole step and inference")
     args = parser.parse_args(argv)
 
@@ -259,7 +301,7 @@ def main(argv=None):
                 row(f"{layer.name} {kind}", times["ours"], times.get("theirs"), flops, gemm, split)
                 lines.append(layer_line(layer.name, kind, times["ours"], times.get("theirs"), split))
 
-    def step():     # what fit runs per batch: no read-back of the loss, so nothing waits for the card
+    def step():     # train_step and apply_gradients, eagerly: no read-back of the loss, nothing waits for the card
         model.train_step(x, y)
         model.apply_gradients()
 
@@ -267,49 +309,66 @@ def main(argv=None):
         batchnorm_model.train_step(x, y)
         batchnorm_model.apply_gradients()
 
+    _, fit_step = common.fit_steps(model, x, y)       # as fit runs it: on a GPU, the graph replayed
     gemm_call, gemm_flops = common.gemm_function()
-    functions = {"ours": step, "batchnorm": batchnorm_step, "gemm": gemm_call}
+    functions = {"ours": step, "fit": fit_step, "batchnorm": batchnorm_step, "gemm": gemm_call}
+    peer_steps, compile_s = torch_peers(reference, not args.no_compile)
     if reference is not None:
         functions["theirs"] = _synchronised(reference.train_step, reference)
+    functions.update(peer_steps)
     if keras_model is not None:
-        functions["keras"] = keras_model.train_step
+        functions["Keras"] = keras_model.train_step
     times = common.alternate(functions, args.step_rounds or max(args.rounds, 10))
     split = None
     if on_gpu:
-        split = host_and_device({"ours": step, **({"theirs": reference.train_step} if reference else {})},
+        split = host_and_device({"ours": step, "fit": fit_step,
+                                 **({"theirs": reference.train_step} if reference else {})},
                                 args.step_rounds or max(args.rounds, 10))
     print("-" * len(header))
     step_ms = row("training step (fwd, loss, bwd, Adam)", times["ours"], times.get("theirs"),
                   common.step_flops(model), gemm, split)
+    fit_split = split and {"ours": split["fit"], **({"theirs": split["theirs"]} if "theirs" in split else {})}
+    fit_ms = row("training step as fit runs it", times["fit"], times.get("theirs"), common.step_flops(model), gemm,
+                 fit_split)
     lines.append(layer_line("step", "fwd+bwd+adam", times["ours"], times.get("theirs"), split))
-    share = common.step_flops(model) / gemm_flops / common.blockwise_ratios(times["ours"], times["gemm"])
+    lines.append(layer_line("fit_step", "fwd+bwd+adam", times["fit"], times.get("theirs"), fit_split))
+    share = common.step_flops(model) / gemm_flops / common.blockwise_ratios(times["fit"], times["gemm"])
     print(f"{'':<34} step rate / GEMM rate, round by round (median): {100 * share:.0f}% "
           f"(GEMM {gemm_flops / statistics.median(times['gemm']) / 1e9:.1f} GFLOP/s in these rounds)")
 
-    result = {"step_ms": step_ms, "gemm_share": share, "epoch_s": STEPS_PER_EPOCH * step_ms / 1000,
-              "batchnorm_step_ms": common.median_ms(times["batchnorm"]),
+    result = {"step_ms": step_ms, "fit_step_ms": fit_ms, "gemm_share": share,
+              "epoch_s": STEPS_PER_EPOCH * fit_ms / 1000, "batchnorm_step_ms": common.median_ms(times["batchnorm"]),
               "batchnorm_ratio": common.blockwise_ratios(times["batchnorm"], times["ours"])}
     print(f"{'training step, BatchNorm network':<34} {result['batchnorm_step_ms']:>11.2f} "
           f"(/ the LRN network's, round by round: {result['batchnorm_ratio']:.2f})")
     peers = {}
     if reference is not None:
         result["torch_step_ms"] = common.median_ms(times["theirs"])
-        result["ratio"] = peers["PyTorch"] = common.blockwise_ratios(times["ours"], times["theirs"])
-    if keras_model is not None:
-        result["keras_step_ms"] = common.median_ms(times["keras"])
-        result["keras_ratio"] = peers["Keras"] = common.blockwise_ratios(times["ours"], times["keras"])
-        print(f"{'training step, Keras':<34} {'':>11} {result['keras_step_ms']:>11.2f} {result['keras_ratio']:>7.2f}")
+        result["ratio"] = common.blockwise_ratios(times["ours"], times["theirs"])
+        result["fit_ratio"] = peers["PyTorch"] = common.blockwise_ratios(times["fit"], times["theirs"])
+    keys = {"PyTorch graphed": "torch_graphed", "PyTorch compiled": "torch_compiled", "Keras": "keras"}
+    for name in [name for name in keys if name in functions]:
+        result[f"{keys[name]}_step_ms"] = common.median_ms(times[name])
+        result[f"{keys[name]}_ratio"] = peers[name] = common.blockwise_ratios(times["fit"], times[name])
+        print(f"{'training step, ' + name:<34} {'':>11} {result[keys[name] + '_step_ms']:>11.2f} "
+              f"{result[keys[name] + '_ratio']:>7.2f}")
+    if compile_s == compile_s:
+        result["torch_compile_s"] = compile_s
     if peers:
-        fastest = min(peers, key=lambda name: result["keras_step_ms" if name == "Keras" else "torch_step_ms"])
+        fastest = min(peers, key=lambda name: common.median_ms(times["theirs" if name == "PyTorch" else name]))
         result["best_peer_ratio"] = peers[fastest]
-        print(f"training step, minialex / the faster peer ({fastest}): {peers[fastest]:.2f}; "
+        result["fastest_peer"] = fastest.replace(" ", "_")
+        print(f"training step as fit runs it, minialex / the fastest peer ({fastest}): {peers[fastest]:.2f}; "
               + "; ".join(f"/ {name}: {ratio:.2f}" for name, ratio in peers.items()))
     if split:
         result["step_host_ms"], result["step_device_ms"] = split["ours"]
         result["step_queued_ms"], result["step_queued_calls"] = queued_device_ms(step, split["ours"][0])
+        result["fit_step_host_ms"], result["fit_step_device_ms"] = split["fit"]
+        result["fit_step_queued_ms"], _ = queued_device_ms(fit_step, split["fit"][0])
         text = (f"training step, host / device / device queued ms: minialex {split['ours'][0]:.3f} / "
                 f"{split['ours'][1]:.3f} / {result['step_queued_ms']:.3f} ({result['step_queued_calls']} of 15 "
-                f"calls stayed queued)")
+                f"calls stayed queued), as fit runs it {split['fit'][0]:.3f} / {split['fit'][1]:.3f} / "
+                f"{result['fit_step_queued_ms']:.3f}")
         if reference is not None:
             result["torch_step_host_ms"], result["torch_step_device_ms"] = split["theirs"]
             result["torch_step_queued_ms"], result["torch_step_queued_calls"] = queued_device_ms(
@@ -345,7 +404,8 @@ def main(argv=None):
     print(f"one epoch ({STEPS_PER_EPOCH} steps of {common.BATCH}) projected: {result['epoch_s']:.1f} s")
     print(f"load after the run: {common.machine_load():.2f}")
     print("\n".join(lines))
-    print("RESULT " + " ".join(f"{key}={value:.4g}" for key, value in result.items()))
+    print("RESULT " + " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                               for key, value in result.items()))
 
 
 def _synchronised(function, reference):

@@ -7,6 +7,9 @@ compared one to one. Import this module only where torch is installed.
 """
 from __future__ import annotations
 
+import copy
+import time
+
 import torch
 from torch import nn
 
@@ -94,3 +97,48 @@ class Reference:
             module(x).backward(grad)
 
         return forward, forward_backward
+
+
+def graphed_step(reference):
+    """The whole training step on a copy of the reference's network captured as one CUDA graph (forward,
+    loss, backward, Adam with ``capturable=True``), on the batch in fixed tensors: PyTorch's recipe
+    (three warm-up steps on a side stream, the gradients set to None before the capture). Returns the
+    graph's ``replay``."""
+    model = copy.deepcopy(reference.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7, capturable=True)
+    loss, x, y = nn.CrossEntropyLoss(), reference.x.clone(), reference.y.clone()
+    model.train()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            loss(model(x), y).backward()
+            optimizer.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        loss(model(x), y).backward()
+        optimizer.step()
+    return graph.replay
+
+
+def compiled_step(reference, warmup=3):
+    """(the training step of a copy of the reference's network through ``torch.compile(mode='reduce-overhead')``
+    (Inductor's kernels, replayed as CUDA graphs), the seconds its first ``warmup`` calls took: the compile)."""
+    model = copy.deepcopy(reference.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    loss, compiled = nn.CrossEntropyLoss(), torch.compile(model, mode="reduce-overhead")
+    model.train()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss(compiled(reference.x), reference.y).backward()
+        optimizer.step()
+
+    start = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    reference.synchronize()
+    return step, time.perf_counter() - start

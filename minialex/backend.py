@@ -26,9 +26,9 @@ import sys
 import numpy
 
 __all__ = [
-    "BackendError", "CudaLibrariesMissing", "as_strided", "available_backends", "describe_device", "fuse",
-    "get_array_module", "get_backend", "missing_cuda_libraries", "on_cpu", "set_backend", "synchronize", "to_device",
-    "to_numpy", "using_module", "xp",
+    "BackendError", "CudaLibrariesMissing", "CupyBroken", "as_strided", "available_backends", "describe_device",
+    "fuse", "get_array_module", "get_backend", "missing_cuda_libraries", "on_cpu", "set_backend", "synchronize",
+    "to_device", "to_numpy", "using_module", "xp",
 ]
 
 BACKENDS = ("numpy", "cupy", "auto")
@@ -46,14 +46,21 @@ class CudaLibrariesMissing(BackendError):
     """CuPy imports and a GPU answers, but CuPy cannot load a CUDA library minialex needs."""
 
 
+class CupyBroken(BackendError):
+    """CuPy is installed but its import fails (a cache folder it cannot write, a broken install...)."""
+
+
 def _import_cupy():
     """Return the cupy module if it imports, a GPU answers and CuPy loads the CUDA libraries this code
-    needs (``missing_cuda_libraries``); else raise BackendError (CudaLibrariesMissing for the last)."""
+    needs (``missing_cuda_libraries``); else raise BackendError (CupyBroken when the import of an
+    installed CuPy fails, CudaLibrariesMissing for the libraries)."""
     try:
         import cupy
     except ImportError as exc:
         raise BackendError(f"the 'cupy' backend needs CuPy, which is not installed ({exc}); "
                            f"{CUPY_INSTALL_HINT}") from None
+    except Exception as exc:    # installed, but its import fails: say what failed, whatever it raised
+        raise CupyBroken(_broken(exc)) from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDA driver missing or broken: CuPy raises its own error types
@@ -69,6 +76,15 @@ def _import_cupy():
         raise CudaLibrariesMissing(f"CuPy {cupy.__version__} sees a GPU but cannot load {' or '.join(missing)}; "
                                    f"{install}, or use --backend numpy")
     return cupy
+
+
+def _broken(exc) -> str:
+    """What to say when an installed CuPy fails to import with ``exc``."""
+    fix = "fix what it names"
+    if isinstance(exc, PermissionError):
+        fix += " (a folder it cannot write: set CUPY_CACHE_DIR to one it can, for its kernel cache)"
+    return (f"CuPy is installed but its import fails ({type(exc).__name__}: {' '.join(str(exc).split())}); {fix}, "
+            f"or use --backend numpy")
 
 
 def missing_cuda_libraries(cupy) -> list[str]:
@@ -111,9 +127,9 @@ def _resolve(name: str):
         return "cupy", _import_cupy()
     try:
         return "cupy", _import_cupy()
-    except CudaLibrariesMissing as exc:     # a GPU, but not what CuPy needs on it: say so, in one line
+    except (CudaLibrariesMissing, CupyBroken) as exc:   # CuPy there but not working: say so, in one line
         print(f"minialex: backend 'auto' uses NumPy: {exc}", file=sys.stderr)
-    except BackendError:
+    except BackendError:     # no CuPy, or no GPU: NumPy, nothing to say
         pass
     return "numpy", numpy
 
@@ -134,7 +150,8 @@ class _BackendScope:
 
 def set_backend(name: str) -> _BackendScope:
     """Switch the active backend to 'numpy', 'cupy' or 'auto' (CuPy where a GPU answers and CuPy loads
-    its CUDA libraries; else NumPy, saying why in one line on stderr when only the libraries are missing).
+    its CUDA libraries; else NumPy, saying why in one line on stderr when CuPy is there but fails: its
+    import, or the libraries it needs).
 
     Usable as a plain call or as a context manager that restores the previous backend.
     """
@@ -222,8 +239,10 @@ def to_device(array, dtype=None):
 
 
 def to_numpy(array):
-    """Bring an array back to the host as a NumPy array (no copy if it already is one)."""
-    if type(array).__module__.startswith("cupy"):
+    """Bring an array back to the host as a NumPy array (no copy if it already is one); a device array
+    (CuPy's, or a stand-in's) comes back through its ``get()``."""
+    stand_in = _state["stand_in"]
+    if type(array).__module__.startswith("cupy") or (stand_in is not None and isinstance(array, stand_in.ndarray)):
         return array.get()
     return numpy.asarray(array)
 
@@ -235,9 +254,9 @@ def as_strided(array, shape, strides):
 
 
 def synchronize():
-    """Wait for the device to finish queued work (a no-op on NumPy); use it before timing."""
+    """Wait for the device to finish queued work, on every stream (a no-op on NumPy); use it before timing."""
     if get_backend() == "cupy":
-        _state["xp"].cuda.get_current_stream().synchronize()
+        _state["xp"].cuda.Device().synchronize()
 
 
 def describe_device() -> str:
@@ -268,7 +287,11 @@ _state = {"name": None, "xp": None, "stand_in": None}
 def _ensure_backend():
     """Pick the starting backend from $MINIALEX_BACKEND the first time one is needed."""
     if _state["name"] is None:
-        _state["name"], _state["xp"] = _resolve(os.environ.get("MINIALEX_BACKEND", "numpy"))
+        name = os.environ.get("MINIALEX_BACKEND") or "numpy"     # set but empty: as unset
+        try:
+            _state["name"], _state["xp"] = _resolve(name)
+        except BackendError as exc:
+            raise BackendError(f"MINIALEX_BACKEND={name}: {exc} (or unset it)") from None
 
 
 def _state_xp():

@@ -5,6 +5,8 @@ the argument, what it holds, what it should hold.
 """
 from __future__ import annotations
 
+import math
+import os
 import warnings
 
 import numpy
@@ -71,12 +73,21 @@ def array_kind(name, array, images=True):
     return array
 
 
-def finite(name, array):
-    """Raise a ValueError saying how many values of ``array`` (on any backend) are NaN or infinite, and where."""
+def finite(name, array, original=None, samples=True):
+    """Raise a ValueError saying how many values of ``array`` (on any backend) are NaN or infinite, and
+    in which samples (rows) unless ``samples`` is false. ``original``: the array before its cast to
+    ``array``'s dtype, where a finite value beyond the dtype's range (1e39 in float32) became infinity:
+    said as such."""
     if array.size == 0 or array.dtype.kind != "f":
         return
     if bool(backend.get_array_module(array).isfinite(array.min() + array.max())):
         return   # min and max carry any NaN; min + max of finite float32 values stays finite or shows inf
+    if original is not None and original is not array:
+        finite(name, original, samples=samples)      # NaN or infinity before the cast: said as such
+        xp = backend.get_array_module(original)
+        largest = float(xp.abs(original[xp.isfinite(original)]).max())
+        raise ValueError(f"bad input: {name} holds values beyond the range of {array.dtype} (up to {largest:.3g}): "
+                         f"they would become infinity; scale them down")
     xp = backend.get_array_module(array)
     bad, rows = 0, []
     for start in range(0, array.shape[0], CHUNK_ROWS):
@@ -86,8 +97,9 @@ def finite(name, array):
         if len(rows) < 5:
             rows += (start + backend.to_numpy(xp.flatnonzero(mask.any(axis=1)))[:5]).tolist()
     if bad:
+        where = f", in samples {rows[:5]}{' ...' if len(rows) > 5 else ''}" if samples else ""
         raise ValueError(f"bad input: {name} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or "
-                         f"infinity), in samples {rows[:5]}{' ...' if len(rows) > 5 else ''}; fix or drop them")
+                         f"infinity){where}; fix or drop them")
 
 
 def representable(name, array, dtype):
@@ -96,13 +108,7 @@ def representable(name, array, dtype):
     xp = backend.get_array_module(array)
     with numpy.errstate(over="ignore"):          # the overflow is what is reported below
         cast = xp.asarray(array, dtype=dtype)
-    try:
-        finite(name, cast.reshape(1, -1))
-    except ValueError:
-        finite(name, array.reshape(1, -1))       # NaN or infinity before the cast: said as such
-        largest = float(xp.abs(array[xp.isfinite(array)]).max())
-        raise ValueError(f"bad input: {name} holds values beyond the range of {numpy.dtype(dtype)} (up to "
-                         f"{largest:.3g}): they would become infinity") from None
+    finite(name, cast.reshape(1, -1), original=array.reshape(1, -1), samples=False)
     return cast
 
 
@@ -121,3 +127,39 @@ def targets(name, y):
     detail += f", {negative} values are negative)" if negative else ")"
     raise ValueError(f"bad input: {name} must be one-hot rows (or probabilities summing to 1): {detail}; "
                      f"convert labels with minialex.data.to_categorical")
+
+
+def recordable_settings(settings):
+    """``settings`` (a dict, or None) as a checkpoint records them and a resume compares them: in JSON's
+    kinds (NumPy numbers become Python's, paths strings, tuples lists); a ValueError names any value
+    JSON cannot hold or that never equals itself (NaN), before any work."""
+    if settings is None:
+        return None
+    if not isinstance(settings, dict):
+        raise ValueError(f"settings must be a dict, got {type(settings).__name__}")
+    return _recordable("settings", settings)
+
+
+def _recordable(name, value):
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numpy.bool_):
+        return bool(value)
+    if isinstance(value, (int, numpy.integer)):
+        return int(value)
+    if isinstance(value, (float, numpy.floating)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} is {value}: a checkpoint's setting must equal itself when the run is resumed; "
+                             f"give a finite number or a string")
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fsdecode(os.fspath(value))
+    if isinstance(value, (list, tuple)):
+        return [_recordable(f"{name}[{i}]", item) for i, item in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {key: _recordable(f"{name}[{key!r}]", item) for key, item in value.items()}
+    kind = type(value).__name__
+    what = "a dict with keys that are not strings" if isinstance(value, dict) else \
+        f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+    raise ValueError(f"{name} is {what}, which a checkpoint cannot record: give numbers, strings, booleans, None, "
+                     f"or lists and dicts (with string keys) of them")

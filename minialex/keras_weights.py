@@ -47,7 +47,7 @@ from contextlib import contextmanager
 import numpy
 
 from . import backend
-from .serialization import atomic_write
+from .serialization import atomic_write, check_readable
 
 INSTALL_HINT = "pip install 'minialex[keras]'"
 SUFFIX = ".weights.h5"      # Keras 3's load_weights reads a weights-only HDF5 file only under such a name
@@ -127,8 +127,10 @@ def _label(layer, key):
 def _reading(path):
     """The file at ``path`` opened read-only with h5py; whatever fails inside, a WeightsFileError naming it."""
     h5py = _h5py()
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        check_readable(path, f"a Keras {SUFFIX} file")
+    except ValueError as exc:       # a FIFO or a device: refused unread
+        raise WeightsFileError(str(exc)) from None
     if not h5py.is_hdf5(path):
         raise WeightsFileError(f"{path} is not an HDF5 file, so not a Keras .weights.h5 file "
                                f"(Keras 3 writes one with model.save_weights('NAME{SUFFIX}'))")
@@ -185,6 +187,8 @@ def _layer_variables(file, path):
             found[key] = []
             continue
         variables = _child(h5py, group, "vars", path)
+        if not isinstance(variables, h5py.Group):
+            raise WeightsFileError(f"{path}: layers/{key}/vars is not a group of arrays")
         names = [str(i) for i in range(len(variables))]
         if set(variables) != set(names):
             raise WeightsFileError(f"{path}: layers/{key}/vars should hold arrays named 0, 1, ..., "
@@ -192,6 +196,9 @@ def _layer_variables(file, path):
         datasets = [_child(h5py, variables, name, path) for name in names]
         if not all(isinstance(dataset, h5py.Dataset) for dataset in datasets):
             raise WeightsFileError(f"{path}: layers/{key}/vars holds something other than arrays")
+        empty = [dataset.name for dataset in datasets if dataset.shape is None]
+        if empty:
+            raise WeightsFileError(f"{path}: {empty[0]} is an empty dataset (no array at all)")
         found[key] = datasets
     return found
 
@@ -199,7 +206,7 @@ def _layer_variables(file, path):
 def read_keras_weights(path) -> dict[str, list[numpy.ndarray]]:
     """Every layer's variables in a Keras 3 .weights.h5 file: {key: [vars/0, vars/1, ...]} as NumPy
     arrays, layers without variables included (with []). No model needed: a look inside the file."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     with _reading(path) as file:
         return {key: [_read(dataset, path) for dataset in datasets]
                 for key, datasets in _layer_variables(file, path).items()}
@@ -228,7 +235,7 @@ def _mismatches(model, found):
             if tuple(dataset.shape) != tuple(param.shape):
                 problems.append(f"{_label(layer, key)}: {name} expected shape {tuple(param.shape)}, "
                                 f"found {tuple(dataset.shape)} ({where})")
-            elif numpy.dtype(dataset.dtype) != numpy.dtype(param.dtype):
+            elif numpy.dtype(dataset.dtype).newbyteorder("=") != numpy.dtype(param.dtype).newbyteorder("="):
                 problems.append(f"{_label(layer, key)}: {name} expected dtype {numpy.dtype(param.dtype)}, "
                                 f"found {numpy.dtype(dataset.dtype)} ({where})")
     for key in sorted(set(found) - expected_keys):
@@ -247,7 +254,7 @@ def load_keras_weights(model, path):
     """
     if not model.built:
         model.build()
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     with _reading(path) as file:
         found = _layer_variables(file, path)
         problems = _mismatches(model, found)
@@ -257,7 +264,10 @@ def load_keras_weights(model, path):
     weights = {}
     for layer, key in keras_keys(model):
         weights.update({f"{layer.name}/{name}": array for name, array in zip(_variables(layer), arrays.get(key, []))})
-    model.assign_weights(weights)
+    try:
+        model.assign_weights(weights)
+    except ValueError as exc:       # values the model cannot take: NaN, infinity, beyond its dtype's range
+        raise WeightsFileError(f"{path} holds weights the model cannot take: {exc}") from None
     return model
 
 
@@ -269,14 +279,15 @@ def save_keras_weights(model, path):
     at all: it is written beside ``path`` under a temporary name, then renamed over it.
     """
     h5py = _h5py()
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     if not path.endswith(SUFFIX):
         raise ValueError(f"{path}: the name must end in '{SUFFIX}', the only name Keras 3's load_weights reads")
     if not model.built:
         raise ValueError("the model is not built yet: there are no weights to save")
     layers = [(key, [backend.to_numpy(array) for array in _variables(layer).values()])
               for layer, key in keras_keys(model)]
-    with atomic_write(path) as temporary, h5py.File(temporary, "w-") as file:
+    # locking=False: HDF5's own lock would clash with the one atomic_write holds on its temporary file
+    with atomic_write(path) as temporary, h5py.File(temporary, "w", locking=False) as file:
         _write_layers(file, layers)
         file.create_group("vars").attrs["name"] = model.name
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 
-from . import backend
+from . import backend, cublas
 
 
 class Kernel:
@@ -125,7 +125,7 @@ def col2im_by_taps_cuda(cupy, dz, kernel, input_shape, pads, strides, out_size):
     KH, KW, C, F = kernel.shape
     N, H, W, _ = input_shape
     (SH, SW), (OH, OW) = strides, out_size
-    dcols = dz @ kernel.reshape(-1, F).T
+    dcols = matmul_cuda(cupy, dz, kernel.reshape(-1, F).T)
     dx = cupy.empty(input_shape, dtype=dz.dtype)
     _elementwise(cupy, COL2IM)(dcols, H, W, C, KH, KW, SH, SW, OH, OW, pads[0][0], pads[1][0], dx)
     return dx
@@ -237,22 +237,32 @@ def max_pool_backward_cuda(cupy, dout, x, column_max, y, pool_size, strides, pad
 
 # ---- Dropout (minialex/layers/dropout.py) ---------------------------------------------------------
 
-DROPOUT = ("dropout", "T x, uint64 start, T rate, T scale", "T y, T mask", """
-    unsigned long long z = start + (unsigned long long)i * 0x9E3779B97F4A7C15ull;   // SplitMix64
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+SPLITMIX_DROPOUT = """
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;                                     // SplitMix64
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
     const int bits = sizeof(T) == 4 ? 24 : 53;             // as minialex.random: the top 24 or 53 bits
     const T u = (T)(z >> (64 - bits)) * (T)(1.0 / (double)(1ull << bits));
     mask = u >= rate ? scale : (T)0;
     y = x * mask;
-""")
+"""
+DROPOUT = ("dropout", "T x, uint64 start, T rate, T scale", "T y, T mask",
+           "unsigned long long z = start + (unsigned long long)i * 0x9E3779B97F4A7C15ull;" + SPLITMIX_DROPOUT)
+DROPOUT_FROM_VALUES = ("dropout_from_values", "T x, raw uint64 base, uint64 offset, T rate, T scale", "T y, T mask",
+                       "unsigned long long z = base[0] + offset + (unsigned long long)i * 0x9E3779B97F4A7C15ull;"
+                       + SPLITMIX_DROPOUT)
 
 
 def dropout_cuda(cupy, x, rate, rng):
-    """The generator's next draws made on the device: ``rng.reserve`` gives where they start."""
+    """The generator's next draws made on the device from where ``rng.device_start`` says they start: a
+    number (the kernel's argument), or a word of the step's values and an offset from it (read when the
+    kernel runs, so a CUDA graph's replays draw anew: ``minialex.step_values``)."""
     y, mask = cupy.empty_like(x), cupy.empty_like(x)
-    _elementwise(cupy, DROPOUT)(x, cupy.uint64(rng.reserve(x.shape)), rate, 1.0 / (1.0 - rate), y, mask)
+    base, offset = rng.device_start(x.shape, like=x)
+    if base is None:
+        _elementwise(cupy, DROPOUT)(x, cupy.uint64(offset), rate, 1.0 / (1.0 - rate), y, mask)
+    else:
+        _elementwise(cupy, DROPOUT_FROM_VALUES)(x, base, cupy.uint64(offset), rate, 1.0 / (1.0 - rate), y, mask)
     return y, mask
 
 
@@ -299,16 +309,24 @@ def softmax_cross_entropy_cuda(cupy, logits, targets):
 
 # ---- Adam over the flat buffer (minialex/optimizers.py) ---------------------------------------------
 
-ADAM = ("adam", "T grad, T alpha, T one_minus_beta_1, T one_minus_beta_2, T epsilon", "T param, T m, T v", """
+ADAM_UPDATE = """
     m += one_minus_beta_1 * (grad - m);
     v += one_minus_beta_2 * (grad * grad - v);
     param -= alpha * m / (sqrt(v) + epsilon);
-""")
+"""
+ADAM = ("adam", "T grad, T alpha, T one_minus_beta_1, T one_minus_beta_2, T epsilon", "T param, T m, T v",
+        ADAM_UPDATE)
+ADAM_FROM_VALUES = ("adam_from_values", "T grad, raw float64 step_size, T one_minus_beta_1, T one_minus_beta_2, "
+                    "T epsilon", "T param, T m, T v", "const T alpha = (T)step_size[0];" + ADAM_UPDATE)
 
 
 def adam_cuda(cupy, param, grad, m, v, scratch, alpha, beta_1, beta_2, epsilon):
-    """In place, in one kernel (no scratch needed: each element's lines run in registers)."""
-    _elementwise(cupy, ADAM)(grad, alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon, param, m, v)
+    """In place, in one kernel (no scratch needed: each element's lines run in registers). ``alpha``: a
+    number, or the float64 word of the step's values that holds it (read when the kernel runs)."""
+    if isinstance(alpha, float):
+        _elementwise(cupy, ADAM)(grad, alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon, param, m, v)
+    else:
+        _elementwise(cupy, ADAM_FROM_VALUES)(grad, alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon, param, m, v)
 
 
 # ---- BatchNormalization (minialex/layers/batchnorm.py) -----------------------------------------------
@@ -380,3 +398,35 @@ def batchnorm_backward_cuda(cupy, dout, xhat, dbeta, dgamma, gamma, variance, ep
     dx = cupy.empty_like(dout)
     _elementwise(cupy, BATCHNORM_BACKWARD)(dout, xhat, dbeta, dgamma, gamma, variance, epsilon, 1.0 / M, dx)
     return dx
+
+
+# ---- the matrix products of Conv2D and Dense (minialex/layers/base.py) ------------------------------
+
+def matmul_cuda(cupy, a, b, out=None):
+    """a @ b by one cuBLAS call made directly (``minialex.cublas``): the same call eagerly and in a CUDA
+    graph, where CuPy's own products are refused."""
+    return cublas.matmul(cupy, a, b, out)
+
+
+# ---- the fit loop's bookkeeping on a GPU (minialex/graphs.py) --------------------------------------
+
+ADD_TO_SUMS = ("add_to_sums", "T loss, int64 correct, int32 rows", "T loss_sum, int64 correct_sum", """
+    loss_sum += loss * (T)rows;
+    correct_sum += correct;
+""")
+
+
+def add_to_sums_cuda(cupy, loss, correct, rows, loss_sum, correct_sum):
+    _elementwise(cupy, ADD_TO_SUMS)(loss, correct, rows, loss_sum, correct_sum)
+
+
+RECORD_STEP = ("record_step", "T loss, int64 correct, int32 rows, raw uint64 step",
+               "T loss_sum, int64 correct_sum, raw float32 record", """
+    record[(ptrdiff_t)step[0]] = (float)loss;                // the guard's record is float32
+    loss_sum += loss * (T)rows;
+    correct_sum += correct;
+""")
+
+
+def record_step_cuda(cupy, loss, correct, rows, step, record, loss_sum, correct_sum):
+    _elementwise(cupy, RECORD_STEP)(loss, correct, rows, step, loss_sum, correct_sum, record)

@@ -11,6 +11,8 @@ few public methods, and nothing else:
 - ``prepare_inputs(x, y)``: checks the arrays and moves them to the device in the model's dtype;
 - ``forward_loss(x, y, training)``: the forward pass and the loss, (mean loss, correct count);
 - ``backward(input_grad, batch_size)``: fills every layer's ``grads`` (and returns d loss / d x);
+- ``training_steps(x, y, guard)``: what ``fit`` runs its steps through: ``training.EagerSteps`` on the
+  CPU, ``graphs.TrainingSteps`` on a GPU (each step replayed as a CUDA graph where the backend can);
 - ``train_step(x, y)``: both over one batch (on the CPU, shard by shard on every core, each shard
   through one of the model's ``replicas``: ``minialex.data_parallel``); ``apply_gradients()``: one
   optimiser step;
@@ -25,14 +27,15 @@ from __future__ import annotations
 import copy
 import math
 import os
+import weakref
 
-from . import backend, checks, data_parallel, flat, parallel, training
+from . import backend, checks, data_parallel, flat, graphs, parallel, training
 from .layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, Layer, LocalResponseNorm, MaxPool2D,
                      Softmax)
 from .layers.base import alone
 from .losses import SoftmaxCrossEntropy
 from .optimizers import get_optimizer
-from .serialization import WEIGHTS_FORMAT, describe, load_npz, save_npz
+from .serialization import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, describe, load_npz, save_npz
 
 LOSSES = ("categorical_crossentropy",)
 
@@ -53,6 +56,12 @@ class Sequential:
     def add(self, layer):
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add expects a minialex Layer, got {type(layer).__name__}")
+        owner = _owners.get(layer)
+        if owner is not None and owner() not in (None, self):
+            raise ValueError(f"layer {layer.name!r} belongs to another model already: its weights live in that "
+                             f"model's buffers, so two models cannot share it (training one would leave the other's "
+                             f"weights behind); make a new layer, and copy weights with set_weights")
+        _owners[layer] = weakref.ref(self)
         taken = {existing.name for existing in self.layers}
         base, suffix = layer.name, 0
         while layer.name in taken:
@@ -139,7 +148,10 @@ class Sequential:
         'softmax') or a Softmax layer): the softmax and the loss then run fused, from the logits.
         A ``losses.SoftmaxCrossEntropy()`` instance means the model's output already is the logits.
         """
+        if not self.layers:
+            raise ValueError("the model has no layers: add them before compile (Sequential([...]) or model.add)")
         self.optimizer = get_optimizer(optimizer)
+        metrics = [metrics] if isinstance(metrics, str) else metrics      # metrics='accuracy': one metric
         unknown = [m for m in metrics or () if m not in ("accuracy", "acc")]
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; only 'accuracy' is supported")
@@ -232,6 +244,13 @@ class Sequential:
                 dout = layers[i].backward(dout, **asked)
         return dout
 
+    def training_steps(self, x, y, guard):
+        """What the fit loop runs its steps on (x, y) through: ``training.EagerSteps`` on the CPU; on a GPU
+        ``graphs.TrainingSteps``, which replays each step as a CUDA graph where the backend captures one."""
+        if backend.on_cpu(x):
+            return training.EagerSteps(self, x, y, guard)
+        return graphs.TrainingSteps(self, x, y, guard)
+
     def train_step(self, x, y):
         """Forward and backward over one batch: fills the gradients; returns (mean loss, correct count),
         both still on the device. On the CPU the batch runs in shards side by side, each through a
@@ -271,18 +290,26 @@ class Sequential:
             raise ValueError(f"{names[0]} must be an array of samples, got a scalar")
         if not self.built:
             self.build(tuple(x.shape[1:]))
-        x = backend.to_device(x, dtype=self.dtype)
+        given, x = x, backend.to_device(x, dtype=self.dtype)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{names[0]}: the model expects inputs of shape (batch,) + {self.input_shape}, "
                              f"got {tuple(x.shape)}")
         if check_values:
-            checks.finite(names[0], x)
+            checks.finite(names[0], x, original=given)
         if y is None:
             return x
         y = backend.to_device(checks.array_kind(names[1], y, images=False), dtype=self.dtype)
-        if y.ndim != 2 or y.shape != (x.shape[0],) + tuple(self.output_shape):
-            raise ValueError(f"{names[1]} must be one-hot targets of shape ({x.shape[0]}, {self.output_shape[0]}), "
-                             f"got {tuple(y.shape)}; convert labels with minialex.data.to_categorical")
+        expected = (x.shape[0],) + tuple(self.output_shape)
+        if y.ndim == 2 and y.shape[1:] == expected[1:] and y.shape[0] != x.shape[0]:
+            raise ValueError(f"{names[0]} holds {x.shape[0]} samples but {names[1]} {y.shape[0]} targets: give one "
+                             f"target row per sample")
+        if y.ndim == 2 and y.shape[1] != expected[1] and y.shape[1] > 1:
+            raise ValueError(f"{names[1]} has {y.shape[1]} columns (classes), the model outputs {expected[1]}: "
+                             f"make it with to_categorical(labels, {expected[1]}), or end the model in "
+                             f"Dense({y.shape[1]}, ...)")
+        if y.shape != expected:
+            raise ValueError(f"{names[1]} must be one-hot targets of shape {expected}, got {tuple(y.shape)}; "
+                             f"convert labels with minialex.data.to_categorical")
         if check_values:
             checks.finite(names[1], y)
             checks.targets(names[1], y)
@@ -297,6 +324,7 @@ class Sequential:
         statistics that the training forward moved included).
         """
         self.ensure_compiled()
+        self.optimizer.check_fits([] if self.flat_parameters is None else [self.flat_parameters])
         x, y = self.prepare_inputs(x, y, check_values=False)
         if x.shape[0] == 0:
             raise ValueError("train_on_batch needs at least one sample")
@@ -323,7 +351,11 @@ class Sequential:
                    checkpoint=checkpoint, resume_from=resume_from, overwrite=overwrite, settings=settings)
 
     def evaluate_sums(self, x, y, batch_size):
-        """Summed loss and correct count over (x, y) already on the device; both stay there."""
+        """Summed loss and correct count over (x, y) already on the device; both stay there. On a GPU
+        batch by batch through ``graphs.inference`` (replayed as CUDA graphs where the backend can)."""
+        if not backend.on_cpu(x):
+            return graphs.inference(self).evaluate_sums(x, y, batch_size)
+
         def evaluate_batch(batch):
             loss, correct = self.forward_loss(x[batch], y[batch], training=False)
             return loss * x[batch].shape[0], correct
@@ -334,6 +366,9 @@ class Sequential:
     def evaluate(self, x, y, batch_size=32, verbose=0):
         """[loss, accuracy] over (x, y), computed in batches of ``batch_size``."""
         self.ensure_compiled()
+        if y is None:
+            raise ValueError("evaluate needs the targets y (one-hot rows) to score against; for the outputs alone, "
+                             "use predict(x)")
         x, y = self.prepare_inputs(x, y)
         if x.shape[0] == 0:
             raise ValueError("evaluate needs at least one sample")
@@ -348,7 +383,10 @@ class Sequential:
         x = self.prepare_inputs(x, check_values=False)     # NaN in, NaN out: predict reports, it does not judge
         batch_size = _check_batch_size(batch_size)
         xp = backend.get_array_module(x)
-        outputs = parallel.map_batches(lambda batch: self._forward(x[batch]), x.shape[0], batch_size)
+        if backend.on_cpu(x):
+            outputs = parallel.map_batches(lambda batch: self._forward(x[batch]), x.shape[0], batch_size)
+        else:
+            outputs = graphs.inference(self).predict(x, batch_size)
         return backend.to_numpy(xp.concatenate(outputs) if outputs else xp.zeros((0,) + self.output_shape))
 
     # ---- weights -----------------------------------------------------------------------------
@@ -377,7 +415,7 @@ class Sequential:
         missing = sorted(set(items) - set(arrays))
         extra = sorted(set(arrays) - set(items))
         if missing or extra:
-            raise ValueError(f"weights do not match the model: missing {missing}, unexpected {extra}")
+            raise ValueError(f"weights do not match the model: missing {_first(missing)}, unexpected {_first(extra)}")
         for name, param in items.items():
             array = arrays[name]
             if not hasattr(array, "dtype") or not hasattr(array, "shape"):
@@ -404,6 +442,7 @@ class Sequential:
         if not self.built:
             raise ValueError("the model is not built yet: there are no weights to save")
         checks.flag("overwrite", overwrite)
+        path = os.fsdecode(path)
         if not overwrite and os.path.isfile(path):
             kind, held = describe(path)
             if kind != WEIGHTS_FORMAT:
@@ -415,8 +454,23 @@ class Sequential:
         """Read weights written by ``save_weights``, on any backend; names and shapes are checked."""
         if not self.built:
             self.build()
-        arrays, _ = load_npz(path)
-        self.assign_weights(arrays)
+        path = os.fsdecode(path)
+        arrays, meta = load_npz(path)
+        if (meta or {}).get("format") == CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is a checkpoint, not a weights file: continue its run with fit(resume_from="
+                             f"{str(path)!r}) (the example: --resume), with the same data and settings")
+        try:
+            self.assign_weights(arrays)
+        except ValueError as exc:
+            raise ValueError(f"{path} does not fit this model: {exc}") from None
+
+
+_owners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # layer -> (a weak reference to) its model
+
+
+def _first(names, count=5):
+    """A list of names in a message: the first ``count``, and how many in all when there are more."""
+    return f"{names}" if len(names) <= count else f"{names[:count]} and {len(names) - count} more"
 
 
 def _check_batch_size(batch_size):

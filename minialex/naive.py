@@ -374,8 +374,22 @@ def batchnorm_forward(x, gamma, beta, epsilon=1e-3):
     Returns:
     - y: x's shape
     """
+    return batchnorm_normalize(x, *batchnorm_statistics(x), gamma, beta, epsilon)
+
+
+def batchnorm_normalize(x, mean, var, gamma, beta, epsilon=1e-3):
+    """Each channel normalised with the given statistics, one value at a time: the batch's own in
+    training (``batchnorm_forward``), the moving mean and variance at inference.
+
+        y[m, c] = gamma[c] * (rows[m, c] - mean[c]) / sqrt(var[c] + epsilon) + beta[c]
+
+    Inputs:
+    - x: (N, ..., C)
+    - mean, var, gamma, beta: (C,)
+    Returns:
+    - y: x's shape
+    """
     xp = backend.get_array_module(x)
-    mean, var = batchnorm_statistics(x)
     rows = x.reshape(-1, x.shape[-1])
     y = xp.zeros(rows.shape, dtype=x.dtype)
     for m in range(rows.shape[0]):
@@ -420,26 +434,6 @@ def batchnorm_backward(dout, x, gamma, epsilon=1e-3):
         for m in range(M):
             dx[m, c] = drows[m, c] * gamma[c] / std + dvar * 2.0 * (rows[m, c] - mean[c]) / M + dmean / M
     return dx.reshape(x.shape), dgamma, dbeta
-
-
-def batchnorm_inference(x, moving_mean, moving_variance, gamma, beta, epsilon=1e-3):
-    """BatchNormalization at inference, one value at a time, with the moving statistics in the batch's place:
-
-        y[m, c] = gamma[c] * (rows[m, c] - moving_mean[c]) / sqrt(moving_variance[c] + epsilon) + beta[c]
-
-    Inputs:
-    - x: (N, ..., C)
-    - moving_mean, moving_variance, gamma, beta: (C,)
-    Returns:
-    - y: x's shape
-    """
-    xp = backend.get_array_module(x)
-    rows = x.reshape(-1, x.shape[-1])
-    y = xp.zeros(rows.shape, dtype=x.dtype)
-    for m in range(rows.shape[0]):
-        for c in range(rows.shape[1]):
-            y[m, c] = gamma[c] * (rows[m, c] - moving_mean[c]) / (moving_variance[c] + epsilon) ** 0.5 + beta[c]
-    return y.reshape(x.shape)
 
 
 # ---- Flatten -----------------------------------------------------------------------------------

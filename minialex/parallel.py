@@ -17,9 +17,12 @@ decide which shards run side by side).
 """
 from __future__ import annotations
 
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 
-from threadpoolctl import ThreadpoolController
+import threadpoolctl
 
 from . import backend
 
@@ -38,13 +41,49 @@ def blas_threads() -> int:
     return max(counts) if counts else 1
 
 
+@contextmanager
 def single_threaded_blas():
-    """A context in which BLAS runs on the calling thread only (for work split across threads)."""
-    return _blas_controller().limit(limits=1, user_api="blas")
+    """A context in which BLAS runs on the calling thread only (for work split across threads).
+
+    BLAS's thread count belongs to the process, so the contexts of all threads count as one: the
+    first to enter sets one thread, the last to leave puts back what was there before (two threads'
+    overlapping contexts, each restoring what it found, would leave BLAS at one thread for good).
+    """
+    me = threading.get_ident()
+    with _single["lock"]:
+        if not _single["inside"]:
+            _single["limiter"] = _blas_controller().limit(limits=1, user_api="blas")
+            _release_blas_control()
+        _single["inside"][me] = _single["inside"].get(me, 0) + 1
+    try:
+        yield
+    finally:
+        with _single["lock"]:
+            _leave(me)
+
+
+def _leave(thread):
+    """``thread`` leaves one single_threaded_blas context; the last one out restores BLAS's threads."""
+    inside = _single["inside"]
+    inside[thread] -= 1
+    if not inside[thread]:
+        del inside[thread]
+    if not inside:
+        _single.pop("limiter").restore_original_limits()
+        _release_blas_control()
+
+
+def _release_blas_control():
+    """Let any thread set OpenBLAS's threads next: threadpoolctl (3.6 and later) obeys only the first
+    thread that set them, until it releases them, and the last thread out may not be the first in."""
+    release = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if release is not None:
+        release()
 
 
 def thread_pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` threads, started on first use and kept for later calls."""
+    """A process-wide pool of ``workers`` threads, started on first use and kept for later calls
+    (a forked child starts its own: a fork copies no thread)."""
     if workers not in _pools:
         _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="minialex")
     return _pools[workers]
@@ -53,12 +92,29 @@ def thread_pool(workers: int) -> ThreadPoolExecutor:
 def _blas_controller():
     """threadpoolctl's handle on NumPy's BLAS, found once (finding it is slow, asking it is not)."""
     if _blas["controller"] is None:
-        _blas["controller"] = ThreadpoolController()
+        _blas["controller"] = threadpoolctl.ThreadpoolController()
     return _blas["controller"]
+
+
+def _after_fork_in_child():
+    """A forked child has only the thread that forked: the parent's pool threads (and any lock one of
+    them held) are not there, so it forgets them, and their single_threaded_blas contexts, which
+    they will never leave (the last one out puts BLAS's threads back)."""
+    _pools.clear()
+    _single["lock"] = threading.Lock()
+    inside, me = _single["inside"], threading.get_ident()
+    for thread in [thread for thread in inside if thread != me]:
+        del inside[thread]
+    if not inside and "limiter" in _single:
+        _single.pop("limiter").restore_original_limits()
+        _release_blas_control()
 
 
 _blas: dict = {"controller": None}
 _pools: dict = {}
+_single: dict = {"lock": threading.Lock(), "inside": {}}   # single_threaded_blas: thread -> contexts entered
+if hasattr(os, "register_at_fork"):     # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ---- the data-parallel training step ---------------------------------------------------------

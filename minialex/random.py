@@ -17,7 +17,7 @@ import numpy
 
 from . import backend
 
-__all__ = ["Generator", "RowSliced", "get_rng", "set_seed", "using_rng"]
+__all__ = ["Generator", "RowSliced", "bits_from", "get_rng", "set_seed", "using_rng"]
 
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
 MASK64 = (1 << 64) - 1
@@ -54,17 +54,7 @@ class Generator:
 
     def bits_at(self, position, count, like=None):
         """The SplitMix64 values at positions ``position + 1`` ... ``position + count`` (no state change)."""
-        xp = backend.xp() if like is None else backend.get_array_module(like)
-        start = self.start_at(position)
-        z = xp.arange(count, dtype=xp.uint64)
-        z *= xp.uint64(GOLDEN_GAMMA)
-        z += xp.uint64(start)
-        z ^= z >> xp.uint64(30)
-        z *= xp.uint64(0xBF58476D1CE4E5B9)
-        z ^= z >> xp.uint64(27)
-        z *= xp.uint64(0x94D049BB133111EB)
-        z ^= z >> xp.uint64(31)
-        return z
+        return bits_from(self.start_at(position), count, like)
 
     def start_at(self, position) -> int:
         """z before the finaliser for the draw after ``position``: seed + (position + 1) * GOLDEN_GAMMA
@@ -79,6 +69,12 @@ class Generator:
         start = self.start_at(self.position)
         self.position += count
         return start
+
+    def device_start(self, shape, like):
+        """(base, offset): where a kernel's draws for ``shape`` start, ``base[0] + offset`` (mod 2**64) as
+        ``reserve`` gives it. Here base is None and offset that start, a number; a generator whose draws
+        start on the device (``minialex.step_values.StepDraws``) gives a device word and an offset from it."""
+        return None, self.reserve(shape)
 
     @contextmanager
     def split_rows(self, shards, total):
@@ -149,6 +145,21 @@ class RowSliced(Generator):
         start, _, whole = self._own_run(shape)
         self.position += whole
         return self.start_at(start)
+
+
+def bits_from(start, count, like=None):
+    """The SplitMix64 finaliser of ``start + i * GOLDEN_GAMMA`` (mod 2**64) for i < ``count``: the draws
+    that start there, as uint64 on the backend of the array ``like`` (default: the active backend)."""
+    xp = backend.xp() if like is None else backend.get_array_module(like)
+    z = xp.arange(count, dtype=xp.uint64)
+    z *= xp.uint64(GOLDEN_GAMMA)
+    z += xp.uint64(start)
+    z ^= z >> xp.uint64(30)
+    z *= xp.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> xp.uint64(27)
+    z *= xp.uint64(0x94D049BB133111EB)
+    z ^= z >> xp.uint64(31)
+    return z
 
 
 def _size(shape) -> int:

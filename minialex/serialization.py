@@ -4,10 +4,13 @@ A file is first written beside its destination under a temporary name and rename
 once complete, so a crash or a full disk never leaves a half-written weights file or checkpoint.
 
 A temporary file's name says who wrote it: ``.<name>.<host>.<pid>-<random>.tmp`` (downloads use
-``.part``). An interrupted write removes its own; one that a kill -9 or a power cut left behind is
-removed by the next write or load of the same destination, once its writer is known to be gone (its
-process no longer runs on this host; from another host, or on Windows: untouched for
-``STALE_SECONDS``).
+``.part``), where ``<host>`` also names the writer's PID namespace on Linux (``-ns<inode>``: a
+container has its own, in which the same PID means another process). Its writer holds a lock on
+it (``flock``) from its creation until it is renamed into place or removed. An interrupted write
+removes its own; one that a kill -9 or a power cut left behind is removed by the next write or
+load of the same destination, once its writer is known to be gone: nobody holds its lock, and its
+process no longer runs here (same host, same PID namespace) or, written elsewhere (another host,
+another container, or on Windows), it is untouched for ``STALE_SECONDS``.
 
 A destination is checked before anything is written: its folder, and that every name the write
 creates there (the temporary file's is the longest) fits the file system's name limit. A symbolic
@@ -27,6 +30,11 @@ from contextlib import contextmanager
 
 import numpy
 
+try:
+    import fcntl
+except ImportError:     # Windows: no flock; the rules by name and age remain
+    fcntl = None
+
 from .backend import to_numpy
 
 META_KEY = "__meta__"
@@ -38,9 +46,9 @@ NPY_MAGIC = b"\x93NUMPY"
 
 def temporary_path(path, suffix=".tmp") -> str:
     """A fresh temporary name beside ``path``: hidden, and naming this host and process."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}.{_HOST}.{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}")
+    return os.path.join(folder, f".{name}.{WRITER_HOST}.{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}")
 
 
 def remove_stale_temporaries(path, suffix=".tmp", legacy=None) -> list[str]:
@@ -48,7 +56,7 @@ def remove_stale_temporaries(path, suffix=".tmp", legacy=None) -> list[str]:
 
     ``legacy``: a regular expression for names older versions used (removed once ``STALE_SECONDS`` old).
     """
-    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    folder, name = os.path.split(os.path.abspath(os.fsdecode(path)))
     pattern = re.compile(rf"\.{re.escape(name)}\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)-[0-9a-f]+{re.escape(suffix)}")
     old = re.compile(legacy) if legacy else None
     try:
@@ -62,7 +70,9 @@ def remove_stale_temporaries(path, suffix=".tmp", legacy=None) -> list[str]:
             continue
         full = os.path.join(folder, entry)
         try:
-            if match is not None and match["host"] == _HOST and sys.platform != "win32":
+            if _held(full):
+                continue   # its writer still runs, whatever its name says
+            if match is not None and match["host"] == WRITER_HOST and sys.platform != "win32":
                 stale = not _running(int(match["pid"]))
             else:
                 stale = time.time() - os.stat(full).st_mtime > STALE_SECONDS
@@ -72,6 +82,42 @@ def remove_stale_temporaries(path, suffix=".tmp", legacy=None) -> list[str]:
         except OSError:
             continue   # gone already, or not ours to remove
     return removed
+
+
+def _held(path) -> bool:
+    """True when a process (in any PID namespace of this machine) holds the lock on the file at ``path``."""
+    if fcntl is None:
+        return False
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:       # no locks on this file system: the rules by name and age decide
+        return False
+    finally:
+        os.close(descriptor)
+    return False
+
+
+@contextmanager
+def held_temporary(path, suffix=".tmp"):
+    """Create a new temporary file beside ``path`` (``temporary_path``) and yield its name; this
+    process holds its lock (``flock``) until the block ends, so that no cleanup takes it for a dead
+    writer's. Whatever is left under the name when the block ends is removed."""
+    temporary = temporary_path(path, suffix)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:    # no locks here, or a cleanup looking at it this instant: the name rules protect it
+                pass
+        yield temporary
+    finally:
+        os.close(descriptor)
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
 
 
 def _running(pid: int) -> bool:
@@ -86,7 +132,18 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _pid_namespace() -> str:
+    """'-ns<inode>' of this process's PID namespace where Linux says it, else ''."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")
+    except (AttributeError, OSError):
+        return ""
+    inode = re.fullmatch(r"pid:\[(\d+)\]", link)
+    return f"-ns{inode[1]}" if inode else ""
+
+
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+WRITER_HOST = _HOST + _pid_namespace()     # a temporary file's <host>: a PID means a process only within it
 LEGACY_TMP = r"\.{name}\.[0-9a-f]{{32}}\.tmp"   # before the names said who wrote them
 
 
@@ -95,15 +152,22 @@ def check_destination(path, what="save", also=None) -> str:
     writable, it is no folder, and the names of the files written beside it fit the file system's
     limit on a name's length: the temporary file's, and ``also`` ({what it is: its name}) for other
     files the caller creates there."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)      # a str, bytes or a pathlib.Path
     if not path:
         raise ValueError(f"cannot {what} to an empty path: name a file")
+    if "\0" in path:
+        raise ValueError(f"cannot {what} to {path!r}: a path cannot hold a NUL byte")
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
+        if os.path.exists(folder):
+            raise NotADirectoryError(f"cannot {what} to {path}: {folder} is a file, not a folder")
         raise FileNotFoundError(f"cannot {what} to {path}: folder {folder} does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot {what} to {path}: it is a folder; name a file inside it")
+    if os.path.exists(target) and not os.path.isfile(target):   # renaming over it would replace the node itself
+        raise ValueError(f"cannot {what} to {path}: it is not a regular file (a FIFO, a socket or a device such "
+                         f"as /dev/null); name a file")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot {what} to {path}: folder {folder} is not writable")
     limit = _name_limit(folder)
@@ -127,24 +191,21 @@ def _name_limit(folder) -> int:
 
 @contextmanager
 def atomic_write(path):
-    """Yield a temporary name beside ``path`` to write the whole file under; when the block ends
-    without an error, the file is synced to disk and renamed over ``path`` (over a link's target:
-    the link stays); on any error (Ctrl-C and SIGTERM included) it is removed, ``path`` stays as it
-    was, and an OSError (a full disk) names ``path``."""
+    """Yield the name of a new, empty temporary file beside ``path`` (``held_temporary``) to write the
+    whole file under (open it with "wb"); when the block ends without an error, the file is synced
+    to disk and renamed over ``path`` (over a link's target: the link stays); on any error (Ctrl-C
+    and SIGTERM included) it is removed, ``path`` stays as it was, and an OSError (a full disk)
+    names ``path``."""
     path = check_destination(path)
     target = os.path.realpath(path)
     _clean(target)
-    temporary = temporary_path(target)
     try:
-        yield temporary
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, target)
-    except BaseException as exc:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        if not isinstance(exc, OSError):
-            raise
+        with held_temporary(target) as temporary:
+            yield temporary
+            with open(temporary, "rb") as written:
+                os.fsync(written.fileno())
+            os.replace(temporary, target)
+    except OSError as exc:
         message = f"cannot write {path}: {exc.strerror or exc}; the file there is as it was"
         raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from exc
 
@@ -169,20 +230,14 @@ def save_npz(path, arrays: dict, meta: dict | None = None) -> None:
     payload = {name: to_numpy(array) for name, array in arrays.items()}
     if meta is not None:
         payload[META_KEY] = numpy.array(json.dumps(meta))
-    with atomic_write(path) as temporary, open(temporary, "xb") as file:
+    with atomic_write(path) as temporary, open(temporary, "wb") as file:
         numpy.savez(file, **payload)
 
 
 def load_npz(path) -> tuple[dict, dict | None]:
     """Read a file written by ``save_npz``: (name -> NumPy array, meta or None)."""
-    path = os.fspath(path)
-    if not path:
-        raise FileNotFoundError("no file named: the path is empty")
+    path = check_readable(path, "a .npz file")
     _clean(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a folder, not a .npz file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path}")
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as file:
             kind = "a .npy file (one array)" if file.read(len(NPY_MAGIC)) == NPY_MAGIC else "not a zip archive"
@@ -202,6 +257,29 @@ def load_npz(path) -> tuple[dict, dict | None]:
     if not isinstance(meta, dict):
         raise ValueError(f"{path} has unreadable metadata (not a JSON object)")
     return arrays, meta
+
+
+def check_readable(path, what="a file") -> str:
+    """``path`` as a str, once known to name a regular file that can be read; else an error saying what
+    is there instead (``what``: what was expected, for the message). A FIFO or a device is refused
+    unread: reading one may never end."""
+    path = os.fsdecode(path)
+    if not path:
+        raise FileNotFoundError("no file named: the path is empty")
+    if "\0" in path:
+        raise ValueError(f"{path!r} cannot name a file: a path cannot hold a NUL byte")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder, not {what}")
+    if not os.path.exists(path):
+        if os.path.islink(path):
+            raise FileNotFoundError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist")
+        raise FileNotFoundError(f"no such file: {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is not a regular file (a FIFO, a socket or a device), so not {what}; "
+                         f"give the file itself")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{path} cannot be read (permission denied)")
+    return path
 
 
 def _clean(path):

@@ -27,11 +27,18 @@ function costs; one it does not list counts one and is named in ``LaunchCounter.
 
 ``benchmarks/launch_count.py`` counts the tutorial network with it; the tests hold every layer's GPU
 path to the CPU's results and to a launch budget through it (``tests/test_launch_count.py``).
+
+Every launch goes through one function, ``_launch``; ``minialex.graph_stand_in`` builds its emulator
+of CUDA graph capture and replay on that: while it captures, ``_launch`` hands it each launch, and a
+host read, an upload or an allocation is put to it first (``_active["capture"]``). Work inside a
+fused kernel or a ``Kernel``'s NumPy half is the kernel's own (``_active["depth"]`` above 0): neither
+counted nor handed on. Device arrays come back to the host with ``get()``, as CuPy's do.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 import sys
 from collections import Counter
 from pathlib import Path
@@ -48,6 +55,7 @@ FUNCTION_LAUNCHES = {
     "zeros": 1, "zeros_like": 1, "ones": 1, "ones_like": 1, "full": 1, "full_like": 1, "arange": 1,
     "copyto": 1, "argmax": 1, "argmin": 1, "ascontiguousarray": 1, "mean": 1,
     "argsort": 1, "nonzero": 1, "flatnonzero": 1,     # a sort, a scan: a few kernels in fact, counted as one
+    "take": 1,              # a gather
     "pad": 2,               # cupy.pad with zeros: empty, fill, one copy into the middle
     # cupy.concatenate: one copy per array, or one kernel for more than 8 small ones
     "concatenate": lambda arrays, *args, **kwargs: 1 if len(arrays) > 8 else len(arrays),
@@ -94,7 +102,7 @@ class LaunchCounter:
         return sum(self.counts.values())
 
 
-_active: dict = {"counter": None}
+_active: dict = {"counter": None, "capture": None, "depth": 0, "freezing": None}
 
 
 def _part(label):
@@ -121,6 +129,31 @@ def _count(launches=1):
         counter.add(launches)
 
 
+def _launch(launches, function, args, kwargs=None):
+    """``function(*args, **kwargs)`` (plain NumPy work), counted as ``launches`` launches; a capture in
+    progress records it (not what runs inside a kernel: that is the kernel's own)."""
+    _count(launches)
+    capture = _active["capture"]
+    if capture is None or _active["depth"]:
+        return function(*args, **(kwargs or {}))
+    return capture.launch(launches, function, args, kwargs or {})
+
+
+def _on_host(what):
+    """A capture in progress is told that the host reads, uploads or allocates ``what`` (it may refuse)."""
+    capture = _active["capture"]
+    if capture is not None and not _active["depth"]:
+        capture.refuse(what)
+
+
+def _allocated(array):
+    """A capture in progress is told of memory allocated outside any launch (``empty``)."""
+    capture = _active["capture"]
+    if capture is not None and not _active["depth"]:
+        capture.allocate(array)
+    return array
+
+
 def _plain(value):
     """CountingArrays (also inside lists, tuples and dicts) as plain NumPy arrays."""
     if isinstance(value, CountingArray):
@@ -145,20 +178,24 @@ def _counting(value):
     return value
 
 
-def _copies(result, source):
-    """One launch when ``result`` is new memory (a copy), none when it is a view of ``source``."""
-    return 0 if numpy.may_share_memory(result, source) else 1
+def _basic(index):
+    """True for an index that makes a view (ints, slices, None, Ellipsis), not a gather."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(part, (int, numpy.integer, slice)) or part is None or part is Ellipsis for part in parts)
+
+
+def _copy_array(array, order="C"):
+    return array.copy(order)
 
 
 class CountingArray(numpy.ndarray):
     """A NumPy array that counts each operation CuPy would launch a kernel for."""
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        _count(1)
         out = kwargs.get("out")
         if out is not None:
             kwargs["out"] = _plain(out)
-        result = getattr(ufunc, method)(*_plain(inputs), **kwargs)
+        result = _launch(1, getattr(ufunc, method), _plain(inputs), kwargs)
         if out is not None:
             return out[0] if len(out) == 1 else out
         return _counting(result)
@@ -167,35 +204,35 @@ class CountingArray(numpy.ndarray):
         return _module_function(func.__name__, func)(*args, **kwargs)
 
     def __getitem__(self, index):
-        plain = self.view(numpy.ndarray)
-        result = plain[_plain(index)]
-        if isinstance(result, numpy.ndarray):
-            _count(_copies(result, plain))       # a fancy index gathers (a kernel); a slice is a view
-        return _counting(result)                 # (a scalar read is a device-to-host copy, not counted)
+        plain, index = self.view(numpy.ndarray), _plain(index)
+        if not _basic(index):
+            return _counting(_launch(1, operator.getitem, (plain, index)))     # a fancy index gathers: a kernel
+        result = plain[index]                    # a view; one element stays a 0-d view, as on CuPy
+        return _counting(result if isinstance(result, numpy.ndarray) else plain[(*_tuple(index), Ellipsis)])
 
     def __setitem__(self, index, value):
-        _count(1)                                # a copy or a fill (a scatter with a fancy index)
-        self.view(numpy.ndarray)[_plain(index)] = _plain(value)
+        if isinstance(value, numpy.ndarray) and not isinstance(value, CountingArray):
+            _on_host("an upload (host data written into a device array)")
+        _launch(1, operator.setitem, (self.view(numpy.ndarray), _plain(index), _plain(value)))   # a copy or a fill
 
     def copy(self, order="C"):
-        _count(1)
-        return _counting(self.view(numpy.ndarray).copy(order))
+        return _counting(_launch(1, _copy_array, (self.view(numpy.ndarray), order)))
 
     def astype(self, dtype, *args, copy=True, **kwargs):
         plain = self.view(numpy.ndarray)
-        result = plain.astype(dtype, *args, copy=copy, **kwargs)
-        _count(_copies(result, plain))
-        return _counting(result)
+        if not copy and numpy.dtype(dtype) == self.dtype:
+            return self
+        return _counting(_launch(1, numpy.ndarray.astype, (plain, dtype, *args), dict(kwargs, copy=copy)))
 
     def fill(self, value):
-        _count(1)
-        self.view(numpy.ndarray).fill(value)
+        _launch(1, numpy.ndarray.fill, (self.view(numpy.ndarray), value))
 
     def reshape(self, *shape, **kwargs):
         plain = self.view(numpy.ndarray)
         result = plain.reshape(*shape, **kwargs)
-        _count(_copies(result, plain))
-        return _counting(result)
+        if numpy.may_share_memory(result, plain):
+            return _counting(result)             # a view
+        return _counting(_launch(1, numpy.reshape, (plain, shape[0] if len(shape) == 1 else shape), kwargs))
 
     def ravel(self, order="C"):
         return self.reshape(-1, order=order)
@@ -205,13 +242,49 @@ class CountingArray(numpy.ndarray):
 
     def _reduction(name):
         def method(self, *args, **kwargs):
-            _count(1)
-            return _counting(getattr(self.view(numpy.ndarray), name)(*_plain(args), **_plain(kwargs)))
+            return _counting(_launch(1, getattr(numpy.ndarray, name), (self.view(numpy.ndarray), *_plain(args)),
+                                     _plain(kwargs)))
         method.__name__ = name
         return method
 
     argmax, argmin, argsort, dot = _reduction("argmax"), _reduction("argmin"), _reduction("argsort"), _reduction("dot")
     del _reduction
+
+    # ---- the host's side: reading back and writing in, as CuPy's arrays do ----------------------
+    def get(self):
+        """A host copy (a device-to-host copy: the host waits for the device)."""
+        _on_host("a host read (get)")
+        return self.view(numpy.ndarray).copy()
+
+    def set(self, host):
+        """Copy the host array ``host`` in (a host-to-device copy: one launch, as CuPy's ``set``)."""
+        _on_host("an upload (set)")
+        _count(1)
+        self.view(numpy.ndarray)[...] = host
+
+    def _read(what):
+        def method(self, *args):
+            _on_host(f"a host read ({what})")
+            return getattr(self.view(numpy.ndarray), what)(*args)
+        method.__name__ = what
+        return method
+
+    __float__, __int__, __bool__ = _read("__float__"), _read("__int__"), _read("__bool__")
+    __index__, item, tolist = _read("__index__"), _read("item"), _read("tolist")
+    del _read
+
+    def __deepcopy__(self, memo):
+        """A device array is memory, not a value: where ``_active["freezing"]`` is set (an emulated graph
+        freezing a launch's arguments) it stays itself, and is listed; else a copy, as NumPy makes it."""
+        frozen = _active["freezing"]
+        if frozen is not None:
+            frozen.append(self)
+            return self
+        return _counting(self.view(numpy.ndarray).copy())
+
+
+def _tuple(index):
+    return index if isinstance(index, tuple) else (index,)
 
 
 def _module_function(name, function):
@@ -221,15 +294,21 @@ def _module_function(name, function):
         if name == "asarray" or name == "array":
             source = args[0] if args else kwargs.get("a")
             dtype = kwargs.get("dtype", args[1] if len(args) > 1 else None)
-            same = isinstance(source, CountingArray) and (dtype is None or numpy.dtype(dtype) == source.dtype)
-            _count(0 if same and name == "asarray" else 1)       # else: a host-to-device copy, or a cast
+            on_device = isinstance(source, CountingArray)
+            if on_device and name == "asarray" and (dtype is None or numpy.dtype(dtype) == source.dtype):
+                return source                                    # nothing to do
+            if not on_device:
+                _on_host("an upload (asarray of host data)")
+            launches = 1                                         # a host-to-device copy, or a cast
         else:
             counter = _active["counter"]
             if name not in FUNCTION_LAUNCHES and counter is not None and not counter.paused:
                 counter.assumed.add(name)
             launches = FUNCTION_LAUNCHES.get(name, 1)
-            _count(launches(*args, **kwargs) if callable(launches) else launches)
-        return _counting(function(*_plain(args), **_plain(kwargs)))
+            launches = launches(*args, **kwargs) if callable(launches) else launches
+        if not launches:                                         # empty: memory, no launch
+            return _allocated(_counting(function(*_plain(args), **_plain(kwargs))))
+        return _counting(_launch(launches, function, _plain(args), _plain(kwargs)))
     return counted
 
 
@@ -274,23 +353,37 @@ class CountingModule:
 
 def _run_as_launches(launches, function, args, kwargs):
     """function(*args, **kwargs), counted as ``launches`` launches, whatever it does inside."""
-    _count(launches)
-    counter = _active["counter"]
-    with counter.pause() if counter is not None else contextlib.nullcontext():
-        return function(*args, **kwargs)
+    return _launch(launches, _kernel_work(function), args, kwargs)
+
+
+def _kernel_work(function):
+    """``function`` run as the inside of one kernel: what it does there is neither counted nor recorded,
+    and it may read device memory (``_active["depth"]``)."""
+    @functools.wraps(function)
+    def inside(*args, **kwargs):
+        counter = _active["counter"]
+        _active["depth"] += 1
+        try:
+            with counter.pause() if counter is not None else contextlib.nullcontext():
+                return function(*args, **kwargs)
+        finally:
+            _active["depth"] -= 1
+    inside.kernel = function                    # what runs as one kernel (a Kernel's NumPy half, a fused function)
+    return inside
 
 
 MODULE = CountingModule()
 
 
 @contextlib.contextmanager
-def counting(counter: LaunchCounter | None = None):
-    """Within the block, the active backend is the counting stand-in; yields the LaunchCounter."""
+def counting(counter: LaunchCounter | None = None, module: CountingModule = MODULE, name: str = NAME):
+    """Within the block, the active backend is the counting stand-in (``module``: it, or a module built
+    on it, such as ``minialex.graph_stand_in``'s); yields the LaunchCounter."""
     counter = counter or LaunchCounter()
     previous_counter = _active["counter"]
     _active["counter"] = counter
     try:
-        with backend.using_module(MODULE, NAME):
+        with backend.using_module(module, name):
             yield counter
     finally:
         _active["counter"] = previous_counter

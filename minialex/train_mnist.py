@@ -11,9 +11,10 @@ weights before and after training and the history in DIR and draws the run's pic
 dataset and no network, a bad path, a backend this machine cannot run, no matplotlib for
 ``--plots``) end with one line on stderr and exit status 2, found before any work where they can
 be. ``--save`` never replaces an existing file unless it is the run resumed or ``--overwrite`` says
-so, nor one that another run writes, and ``--resume`` refuses flags that contradict the checkpoint's
-run. SIGTERM is handled like Ctrl-C: temporary files removed, the last complete checkpoint kept, exit
-status 143 (130 for Ctrl-C); a second Ctrl-C or SIGTERM while that happens is ignored.
+so, nor one that another run writes; nor does ``--plots`` replace a run's weights and history
+without ``--overwrite``; ``--resume`` refuses flags that contradict the checkpoint's run. SIGTERM
+is handled like Ctrl-C: temporary files removed, the last complete checkpoint kept, exit status
+143 (130 for Ctrl-C); a second Ctrl-C or SIGTERM while that happens is ignored.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ FLAGS = {"dataset": "--dataset", "limit": "--limit", "seed": "--seed", "batch_si
          "validation_digest": "--dataset / --data-dir (the validation images differ)"}
 PATH_FLAGS = ("save", "resume", "data_dir", "plots")
 EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+EXIT_BROKEN_PIPE = 141      # 128 + SIGPIPE: what a shell shows for a tool whose reader went away
 
 
 class Terminated(BaseException):
@@ -66,7 +68,8 @@ def build_parser():
                         help="write a checkpoint (weights, optimiser, history) after every epoch")
     parser.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in PATH")
     parser.add_argument("--overwrite", action="store_true",
-                        help="let --save replace an existing file (by default it refuses to)")
+                        help="let --save replace an existing file, and --plots a run's weights and history "
+                             "(by default they refuse to)")
     parser.add_argument("--plots", default=None, metavar="DIR",
                         help="keep the initial and final weights and the history in DIR and draw the run's "
                              "pictures there (needs matplotlib: pip install 'minialex[viz]')")
@@ -123,6 +126,11 @@ def check_arguments(args):
             raise ValueError(describe_differences(args.resume, differences))
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise NotADirectoryError(f"--plots {args.plots} is a file, not a folder")
+    kept = [name for name in (viz.INITIAL_WEIGHTS, viz.WEIGHTS, viz.HISTORY)
+            if args.plots and os.path.lexists(Path(args.plots) / name)]
+    if kept and not args.overwrite:
+        raise FileExistsError(f"--plots {args.plots} holds another run's {', '.join(kept)} already; choose another "
+                              f"folder, or pass --overwrite to replace them")
 
 
 def choose_backend(args):
@@ -190,30 +198,55 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     """Run from the command line: 0 when done, 2 for a problem the user can fix (one line on stderr),
-    130 after Ctrl-C and 143 after SIGTERM (temporary files removed, the last complete checkpoint kept)."""
+    130 after Ctrl-C and 143 after SIGTERM (temporary files removed, the last complete checkpoint kept),
+    141, quietly, once the reader of the output is gone (``| head``)."""
     args = build_parser().parse_args(argv)
+    before = _stamp(args.save)       # what --save held before this run: not this run's checkpoint
     try:
         with signals_unwind():
             run(args)
+    except BrokenPipeError:         # the reader of the output is gone (| head): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nothing more to flush at exit
+        return EXIT_BROKEN_PIPE
     except (backend.BackendError, DatasetUnavailableError, NonFiniteLossError, OSError, ValueError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except MemoryError as exc:      # NumPy's says how much it asked for; a ulimit -v or a full machine
+        print(f"error: out of memory{': ' + _one_line(exc) if str(exc) else ''}; free memory or raise the limit "
+              f"(ulimit -v), or use a smaller --batch-size or --limit{_kept(args, before)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except viz.MatplotlibMissing as exc:
         print(f"error: no pictures drawn: {exc} (the weights and history are saved in {args.plots}; "
               f"draw them later with python -m minialex.viz {args.plots})", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"interrupted{_kept(args)}", file=sys.stderr)
+        print(f"interrupted{_kept(args, before)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Terminated:
-        print(f"terminated (SIGTERM){_kept(args)}", file=sys.stderr)
+        print(f"terminated (SIGTERM){_kept(args, before)}", file=sys.stderr)
         return EXIT_TERMINATED
     return 0
 
 
-def _kept(args) -> str:
-    path = args.save or args.resume
-    return f"; the last complete checkpoint is in {path}" if path and Path(path).is_file() else ""
+def _kept(args, before) -> str:
+    """Where the last complete checkpoint of this run is, for a run that stops: the --save file once
+    this run wrote it (it is not ``before`` any more), else the file it resumed; or that none was saved."""
+    if args.save and os.path.isfile(args.save) and _stamp(args.save) != before:
+        return f"; the last complete checkpoint is in {args.save}"
+    if args.resume and os.path.isfile(args.resume):
+        return f"; the last complete checkpoint is in {args.resume}"
+    if args.save and os.path.isfile(args.save):
+        return f"; no epoch was saved: {args.save} holds what it held before this run"
+    return ""
+
+
+def _stamp(path):
+    """(inode, modification time, size) of the file at ``path``, or None."""
+    try:
+        status = os.stat(path)
+    except (OSError, TypeError, ValueError):     # no file, no path (None), a path with a NUL byte
+        return None
+    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 def _one_line(exc) -> str:
@@ -224,12 +257,14 @@ class signals_unwind:
     """Within the block, Ctrl-C (SIGINT) raises KeyboardInterrupt and SIGTERM ``Terminated`` in the main
     thread, so that both unwind alike (``finally`` blocks remove temporary files). After the first,
     both are ignored for the rest of the process: a second Ctrl-C, quick on the first, neither cuts
-    that short nor prints a traceback at exit (where Python waits for the worker threads)."""
+    that short nor prints a traceback at exit (where Python waits for the worker threads). A signal
+    ignored when the block starts (SIGINT, for a job a script starts with &) stays ignored."""
 
     def __enter__(self):
         self.previous = None
         if threading.current_thread() is threading.main_thread():
-            self.previous = {signum: signal.signal(signum, self._raise) for signum in (signal.SIGINT, signal.SIGTERM)}
+            self.previous = {signum: signal.signal(signum, self._raise) for signum in (signal.SIGINT, signal.SIGTERM)
+                             if signal.getsignal(signum) is not signal.SIG_IGN}
         return self
 
     @staticmethod

@@ -49,6 +49,7 @@ class Trainable(Protocol):
 
     def ensure_compiled(self) -> None: ...
     def prepare_inputs(self, x, y=None, names=("x", "y"), check_values=True): ...
+    def training_steps(self, x, y, guard): ...
     def train_step(self, x, y): ...
     def apply_gradients(self) -> None: ...
     def evaluate_sums(self, x, y, batch_size): ...
@@ -178,6 +179,34 @@ class NonFiniteGuard:
         self.good, self.pending = self._snapshot(f"those at the end of epoch {self.epoch + 1}"), None
 
 
+class EagerSteps:
+    """The fit loop's steps, one after another (what ``Sequential.training_steps`` gives on the CPU; on a
+    GPU ``minialex.graphs.TrainingSteps`` does the same, each step replayed as a CUDA graph).
+
+    ``run(step, index)`` trains on the rows ``index`` of (x, y): the forward and backward passes, the
+    guard's look at the loss before the update, the update; ``sums()`` is the epoch's (loss sum, correct
+    count) so far, still on the device.
+    """
+
+    def __init__(self, model: Trainable, x, y, guard):
+        self.model, self.x, self.y, self.guard = model, x, y, guard
+        self.loss_sum = self.correct = 0
+
+    def start_epoch(self):
+        self.loss_sum = self.correct = 0
+
+    def run(self, step, index):
+        xb, yb = self.x[index], self.y[index]
+        loss, correct = self.model.train_step(xb, yb)
+        self.guard.before_update(step, loss)
+        self.model.apply_gradients()
+        self.loss_sum = self.loss_sum + loss * xb.shape[0]
+        self.correct = self.correct + correct
+
+    def sums(self):
+        return self.loss_sum, self.correct
+
+
 class Progress:
     """One epoch's progress: a tqdm bar (on a terminal, verbose=1), then Keras's epoch line."""
 
@@ -243,7 +272,8 @@ def _split(x, y, validation_split, validation_data):
     split_at = int(math.floor(x.shape[0] * (1.0 - validation_split)))
     if split_at == 0 or split_at == x.shape[0]:
         raise ValueError(f"validation_split={validation_split} leaves an empty training or validation set "
-                         f"for {x.shape[0]} samples")
+                         f"for {x.shape[0]} samples: give more samples, or a validation_split that leaves one on "
+                         f"each side (0 for no validation)")
     return x[:split_at], y[:split_at], x[split_at:], y[split_at:]
 
 
@@ -283,6 +313,10 @@ def run_settings(model: Trainable, x, y, x_val, y_val, batch_size, shuffle, vali
                 "optimizer": type(model.optimizer).__name__}
     settings.update({key: value for key, value in vars(model.optimizer).items()
                      if not key.startswith("_") and key != "iterations" and isinstance(value, (int, float))})
+    clashes = sorted(set(extra or {}) & set(settings))
+    if clashes:
+        raise ValueError(f"settings {clashes}: fit records these itself, from its arguments and the optimiser; "
+                         f"give yours other names")
     settings.update(extra or {})
     return settings
 
@@ -396,14 +430,18 @@ def owned_checkpoint(path, resume_from=None, overwrite=False):
     check_destination(path, "save a checkpoint",
                       also={"its lock file (.NAME.lock)": os.path.basename(lock_path(path))})
     with CheckpointOwner(path) as owner:
-        resumed = resume_from is not None and os.path.exists(resume_from) and os.path.samefile(path, resume_from)
-        if os.path.exists(path) and not overwrite and not resumed:
+        if os.path.exists(path) and not overwrite and not _same_file(path, resume_from):
             _, held = describe(path)
             error = CheckpointExistsError(f"{path} already holds {held}; resume it (resume_from={str(path)!r}), "
                                           f"choose another path, or pass overwrite=True to replace it")
             error.held = held
             raise error
         yield owner
+
+
+def _same_file(path, other):
+    """True when ``other`` (None for none) is the file at ``path``, which exists."""
+    return other is not None and os.path.exists(other) and os.path.samefile(path, other)
 
 
 def check_checkpoint_destination(path, resume_from=None, overwrite=False):
@@ -426,18 +464,23 @@ def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, v
     with ``overwrite=True``. Every argument, input and destination is checked before the first step.
     """
     model.ensure_compiled()
+    model.optimizer.check_fits([] if model.flat_parameters is None else [model.flat_parameters])
+    checkpoint, resume_from = (None if path is None else os.fsdecode(path) for path in (checkpoint, resume_from))
     epochs = checks.positive_int("epochs", epochs, minimum=0)
     batch_size = checks.positive_int("batch_size", batch_size)
     validation_split = checks.fraction("validation_split", validation_split)
     checks.flag("shuffle", shuffle)
     checks.one_of("verbose", verbose, (0, 1, 2))
     checks.flag("overwrite", overwrite)
-    if settings is not None and not isinstance(settings, dict):
-        raise ValueError(f"settings must be a dict, got {type(settings).__name__}")
+    settings = checks.recordable_settings(settings)
     if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
         count = f"a {type(validation_data).__name__} of {len(validation_data)}" \
             if isinstance(validation_data, (tuple, list)) else type(validation_data).__name__
         raise ValueError(f"validation_data must be a pair (x_val, y_val), got {count}")
+    if validation_data is not None and any(part is None for part in validation_data):
+        missing = "x_val" if validation_data[0] is None else "y_val"
+        raise ValueError(f"validation_data's {missing} is None: give both arrays (y_val one-hot, as y), or "
+                         f"validation_data=None for no validation")
     holding = nullcontext() if checkpoint is None else owned_checkpoint(checkpoint, resume_from, overwrite)
     with holding as owner:   # no other run writes the checkpoint until fit returns
         if resume_from is not None:
@@ -463,10 +506,11 @@ def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, v
                 print(f"{resume_from} holds {first_epoch} epochs already: nothing left to train for epochs={epochs}")
 
         guard = NonFiniteGuard(model, steps, x_train)
+        training_steps = model.training_steps(x_train, y_train, guard)
         try:
             for epoch in range(first_epoch, epochs):
-                logs = _train_epoch(model, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size,
-                                    rng.permutation(n) if shuffle else None, verbose)
+                logs = _train_epoch(model, guard, training_steps, epoch, epochs, x_train, y_train, x_val, y_val,
+                                    batch_size, rng.permutation(n) if shuffle else None, verbose)
                 history.append(logs)
                 if owner is not None:
                     owner.check(epoch + 1)
@@ -478,29 +522,27 @@ def fit(model: Trainable, x, y, epochs=1, batch_size=32, validation_split=0.0, v
         return history
 
 
-def _train_epoch(model: Trainable, guard, epoch, epochs, x_train, y_train, x_val, y_val, batch_size, order, verbose):
-    """One epoch's steps, then validation; returns its logs."""
+def _train_epoch(model: Trainable, guard, training_steps, epoch, epochs, x_train, y_train, x_val, y_val, batch_size,
+                 order, verbose):
+    """One epoch's steps (through ``training_steps``: ``EagerSteps`` or its GPU twin), then validation;
+    returns its logs."""
     n = x_train.shape[0]
     steps = math.ceil(n / batch_size)
     progress = Progress(epoch, epochs, steps, verbose)
     guard.start_epoch(epoch)
-    loss_sum = correct = 0
+    training_steps.start_epoch()
     seen, last_refresh, start = 0, time.perf_counter(), time.perf_counter()
     for step in range(steps):
         batch = slice(step * batch_size, (step + 1) * batch_size)
-        index = batch if order is None else order[batch]
-        xb, yb = x_train[index], y_train[index]
-        loss, batch_correct = model.train_step(xb, yb)
-        guard.before_update(step, loss)
-        model.apply_gradients()
-        loss_sum = loss_sum + loss * xb.shape[0]
-        correct = correct + batch_correct
-        seen += xb.shape[0]
+        training_steps.run(step, batch if order is None else order[batch])
+        seen += min(batch_size, n - step * batch_size)
         if progress.bar is not None and time.perf_counter() - last_refresh >= REFRESH_SECONDS:
             guard.check(step)
+            loss_sum, correct = training_steps.sums()
             progress.update(step + 1, {"loss": float(loss_sum) / seen, "accuracy": float(correct) / seen})
             last_refresh = time.perf_counter()
     guard.check(steps - 1)
+    loss_sum, correct = training_steps.sums()
     logs = {"loss": float(loss_sum) / n, "accuracy": float(correct) / n}
     if x_val is not None:
         val_loss, val_correct = model.evaluate_sums(x_val, y_val, batch_size)

@@ -29,7 +29,7 @@ from . import backend
 from .data import DatasetUnavailableError, load_mnist, preprocess_images
 from .layers import Conv2D
 from .models import alexnet_mnist
-from .serialization import load_npz
+from .serialization import atomic_write, load_npz
 
 DPI = 100
 FIGSIZES = {  # kind of picture -> (width, height) in inches; pixels = inches * DPI
@@ -274,13 +274,14 @@ def save_run(run_dir, model, history) -> None:
     """Write the trained weights and the history into ``run_dir`` (beside INITIAL_WEIGHTS)."""
     run_dir = Path(run_dir)
     model.save_weights(run_dir / WEIGHTS)
-    (run_dir / HISTORY).write_text(json.dumps(getattr(history, "history", history), indent=1) + "\n")
+    with atomic_write(run_dir / HISTORY) as temporary, open(temporary, "w") as file:
+        file.write(json.dumps(getattr(history, "history", history), indent=1) + "\n")
 
 
 def draw_run(run_dir, model, x_test, y_test_labels) -> list[Path]:
     """``save_all`` into ``run_dir``, with the history saved there and, if saved, the initial filters."""
     run_dir = Path(run_dir)
-    history = json.loads((run_dir / HISTORY).read_text())
+    history = read_history(run_dir / HISTORY)
     initial_kernel = None
     if (run_dir / INITIAL_WEIGHTS).is_file():
         arrays, _ = load_npz(run_dir / INITIAL_WEIGHTS)
@@ -291,15 +292,34 @@ def draw_run(run_dir, model, x_test, y_test_labels) -> list[Path]:
     return save_all(model, history, x_test, y_test_labels, run_dir, initial_kernel=initial_kernel)
 
 
+def read_history(path) -> dict:
+    """The history a run saved (``save_run``): {'loss': [...], ...}; a ValueError naming the file if it
+    is not one (cut short, edited, another file)."""
+    try:
+        history = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:     # json's errors are ValueErrors
+        raise ValueError(f"{path} is not a readable history ({exc}); it is written by train_mnist.py --plots DIR: "
+                         f"run that again") from None
+    if not (isinstance(history, dict) and all(isinstance(values, list) and all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) for value in values)
+            for values in history.values())):
+        raise ValueError(f"{path} is not a history of a run (a JSON object of lists of numbers); it is written by "
+                         f"train_mnist.py --plots DIR: run that again")
+    return history
+
+
 def redraw(run_dir, data_dir=None) -> list[Path]:
     """Redraw a saved run's pictures: the tutorial network with its weights, on the MNIST test set."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir} is a file, not a run folder (train_mnist.py --plots DIR writes one)")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no such folder: {run_dir}")
     missing = [name for name in (WEIGHTS, HISTORY) if not (run_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{run_dir} lacks {' and '.join(missing)}; "
                                 "a run folder is written by train_mnist.py --plots DIR")
+    read_history(run_dir / HISTORY)          # a damaged run folder is said before the data are read
     model = alexnet_mnist()
     model.load_weights(run_dir / WEIGHTS)
     _, (x_test, y_test) = load_mnist(data_dir)
@@ -317,8 +337,8 @@ def main(argv=None) -> int:
     try:
         _matplotlib()
         paths = redraw(args.run_dir, args.data_dir)
-    except (MatplotlibMissing, DatasetUnavailableError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (MatplotlibMissing, DatasetUnavailableError, OSError, ValueError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     for path in paths:
         print(path)

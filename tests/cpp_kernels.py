@@ -6,7 +6,9 @@ the kernel's operation with g++ as a loop over ``i``: non-raw arrays bound to th
 (inputs broadcast to the outputs' shape first, as CuPy broadcasts them), raw ones indexed freely (the
 arrays are C-contiguous, so a flat index is an offset, as CuPy's CArray makes it). Each library is
 built in a temporary folder that is gone once it is loaded. Reductions (``cupy.ReductionKernel``)
-are not here: those halves run on a GPU only.
+are not here: those halves run on a GPU only. Matrix products (``minialex.cublas.matmul``, cuBLAS on a
+GPU) get ``gemm``: cuBLAS's column-major contract written in NumPy over the arrays' memory, so that
+the arguments minialex hands cuBLAS (which operand, transposed or not, leading dimensions) are tested.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-CTYPES = {"int32": "int", "uint64": "unsigned long long", "float32": "float", "float64": "double"}
+CTYPES = {"int32": "int", "int64": "long long", "uint64": "unsigned long long", "float32": "float",
+          "float64": "double"}
 
 
 def have_compiler() -> bool:
@@ -76,11 +79,27 @@ class CppElementwiseKernel:
         self._library(dtype, is_array).run(ctypes.c_ssize_t(int(np.prod(shape))), *values)
 
 
+def column_major(pointer, rows, columns, ld, dtype):
+    """The (rows, columns) matrix stored column by column at ``pointer``, ``ld`` elements apart: a view."""
+    dtype = np.dtype(dtype)
+    extent = ld * (columns - 1) + rows
+    flat = np.ctypeslib.as_array((ctypes.c_char * (extent * dtype.itemsize)).from_address(pointer)).view(dtype)
+    return np.lib.stride_tricks.as_strided(flat, (rows, columns), (dtype.itemsize, ld * dtype.itemsize))
+
+
+def gemm(transa, transb, m, n, k, lda, ldb, ldc, a_pointer, b_pointer, c_pointer, dtype):
+    """cublasGemmEx's contract (alpha 1, beta 0): C (m, n) = op(A) op(B), every matrix column-major."""
+    a = column_major(a_pointer, *((k, m) if transa else (m, k)), lda, dtype)
+    b = column_major(b_pointer, *((n, k) if transb else (k, n)), ldb, dtype)
+    column_major(c_pointer, m, n, ldc, dtype)[...] = (a.T if transa else a) @ (b.T if transb else b)
+
+
 class CppCupy:
-    """Just enough of the cupy module for the kernels' CUDA halves: NumPy arrays, C++ kernels."""
+    """Just enough of the cupy module for the kernels' CUDA halves: NumPy arrays, C++ kernels, cuBLAS's gemm."""
     __name__ = "cupy"
     empty, empty_like = staticmethod(np.empty), staticmethod(np.empty_like)
-    uint64, ElementwiseKernel = np.uint64, CppElementwiseKernel
+    ascontiguousarray = staticmethod(np.ascontiguousarray)
+    uint64, ElementwiseKernel, gemm = np.uint64, CppElementwiseKernel, staticmethod(gemm)
 
 
 CPP_CUPY = CppCupy()      # one, so that each kernel compiles once (minialex.kernels keeps them per module)

@@ -60,7 +60,7 @@ def batchnorm(layer, x, dout):
     moving = [host(layer.state[name]) for name in ("moving_mean", "moving_variance")]
     return {"y": naive.batchnorm_forward(x, gamma, beta, layer.epsilon), "dx": dx,
             **{f"d{name}": grad for name, grad in (("gamma", dgamma), ("beta", dbeta)) if name in w},
-            "inference": naive.batchnorm_inference(x, *moving, gamma, beta, layer.epsilon)}
+            "inference": naive.batchnorm_normalize(x, *moving, gamma, beta, layer.epsilon)}
 
 
 def dropout(layer, x, dout):

@@ -208,3 +208,31 @@ def test_layer_loss_and_optimizer_modules_never_import_numpy_or_cupy():
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
             assert not any(n.split(".")[0] in ("numpy", "cupy", "cupyx") for n in names), f"{path.name} imports {names}"
+
+
+class FailingImport:
+    """A finder on sys.meta_path that makes ``import cupy`` raise ``error``, as an installed CuPy does
+    when it cannot create its kernel cache in a home that is not writable."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "cupy":
+            raise self.error
+        return None
+
+
+def test_auto_uses_numpy_when_an_installed_cupy_fails_to_import_and_says_why(monkeypatch, capsys):
+    denied = PermissionError(13, "Permission denied", "/home/user/.cupy")
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [FailingImport(denied)] + sys.meta_path)
+    with backend.set_backend("auto"):
+        assert backend.get_backend() == "numpy"
+    err = capsys.readouterr().err
+    assert err == ("minialex: backend 'auto' uses NumPy: CuPy is installed but its import fails (PermissionError: "
+                   "[Errno 13] Permission denied: '/home/user/.cupy'); fix what it names (a folder it cannot write: "
+                   "set CUPY_CACHE_DIR to one it can, for its kernel cache), or use --backend numpy\n")
+    with pytest.raises(backend.BackendError, match=r"^CuPy is installed but its import fails \(PermissionError"):
+        backend.set_backend("cupy")
+    assert backend.available_backends() == ["numpy"]

@@ -7,6 +7,7 @@ are skipped when they are absent.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import logging
@@ -27,6 +28,7 @@ from hypothesis.extra import numpy as hnp
 from minialex.data import (DatasetUnavailableError, default_cache_dir, default_keras_dir, fetch,
                            format_idx, load_fashion_mnist, load_mnist, pad_images, parse_idx,
                            preprocess_images, read_idx, to_categorical)
+from minialex.data import mnist as mnist_module
 from minialex.data.mnist import FILES
 
 SHARED = Path(os.environ.get("MINIALEX_DATA_DIR")
@@ -277,8 +279,25 @@ def test_a_wrong_keras_npz_fails_its_checksum(tmp_path):
     arrays = {key: numpy.zeros(shape, numpy.uint8) for key, shape in
               zip(("x_train", "y_train", "x_test", "y_test"), FILES.values())}
     numpy.savez(tmp_path / "mnist.npz", **arrays)
-    with pytest.raises(ValueError, match=r"mnist\.npz\[x_train\]: checksum mismatch"):
+    with pytest.raises(DatasetUnavailableError, match=r"mnist\.npz \(unusable: .*mnist\.npz\[x_train\]: checksum "
+                                                      r"mismatch"):
         load_mnist(keras_dir=tmp_path, mirrors=[], **FAST)
+
+
+@needs_mnist
+def test_a_damaged_keras_npz_is_passed_over_for_a_download(tmp_path, server):
+    """Keras's copy is not ours to change, and a damaged one must not stand in the way of a mirror."""
+    cache = tmp_path / "cache" / "mnist"
+    cache.mkdir(parents=True)
+    for name in FILES:
+        if name != TEST_LABELS:
+            shutil.copy(SHARED / f"{name}.gz", cache)
+    (tmp_path / "keras").mkdir()
+    (tmp_path / "keras" / "mnist.npz").write_bytes(b"PK\x03\x04 cut short")
+    (_, _), (_, y_test) = load_mnist(cache_dir=tmp_path / "cache", keras_dir=tmp_path / "keras",
+                                     mirrors=[serve_shared(server, "m", [TEST_LABELS])], **FAST)
+    assert y_test[:3].tolist() == [7, 2, 1] and list(server.hits) == [f"/m/{TEST_LABELS}.gz"]
+    assert (tmp_path / "keras" / "mnist.npz").read_bytes() == b"PK\x03\x04 cut short"
 
 
 def test_fashion_mnist_from_a_folder_its_subfolder_and_keras(fake_fashion, tmp_path):
@@ -488,3 +507,32 @@ def test_to_categorical_matches_keras():
 def test_to_categorical_rejects_labels_out_of_range(labels, num_classes, message):
     with pytest.raises(ValueError, match=message):
         to_categorical(numpy.array(labels, dtype=int), num_classes)
+
+
+@pytest.mark.parametrize("in_the_way", ["a folder where a file goes", "a file where the folder goes"])
+def test_something_in_the_caches_way_is_named_not_a_hidden_part_file(tmp_path, server, in_the_way):
+    cache = tmp_path / "cache"
+    if in_the_way == "a folder where a file goes":
+        first = next(iter(FILES))                      # the first file a download fetches
+        (cache / "mnist" / f"{first}.gz").mkdir(parents=True)
+        said = f"{cache / 'mnist' / first}.gz is a folder where the downloaded file goes; move it away"
+    else:
+        cache.mkdir()
+        (cache / "mnist").write_bytes(b"")
+        said = f"{cache / 'mnist'} is a file where the download's folder goes; move it away"
+    with pytest.raises(DatasetUnavailableError) as error:
+        load_mnist(cache_dir=cache, mirrors=[serve_shared(server, "m", [])], **FAST)
+    assert f"The cache cannot take a download ({said})." in str(error.value) and ".part" not in str(error.value)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_under_a_download_is_said_to_be_the_disk_not_the_network(tmp_path, server, monkeypatch):
+    @contextlib.contextmanager
+    def onto_a_full_disk(target, suffix):        # every write fails as on a full disk: ENOSPC
+        yield "/dev/full"
+
+    monkeypatch.setattr(mnist_module, "held_temporary", onto_a_full_disk)
+    with pytest.raises(DatasetUnavailableError) as error:
+        load_mnist(cache_dir=tmp_path, mirrors=[serve_shared(server, "m"), serve_shared(server, "n")], **FAST)
+    assert "The cache cannot take a download (No space left on device)." in str(error.value)
+    assert list(server.hits) == [f"/m/{next(iter(FILES))}.gz"]       # no retry, no other mirror: no use

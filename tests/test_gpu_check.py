@@ -57,8 +57,10 @@ def test_stage_limits_add_up_to_the_budget_and_name_real_scripts():
         args = gpu_check.argparse.Namespace(backend="numpy" if argv else "cupy", quick=bool(argv), data_dir="d")
         stages = gpu_check.plan(args, logs="out")
         assert [s.name for s in stages] == ["device", "tests", "gradcheck", "train", "transfer", "launches", "step",
-                                            "both"]
-        assert sum(s.limit for s in stages) <= gpu_check.BUDGET_S <= 450
+                                            "both", "graphs"]
+        default = [s for s in stages if s.name not in gpu_check.ON_REQUEST]
+        assert sum(s.limit for s in default) <= gpu_check.BUDGET_S <= 450
+        assert [s.limit for s in stages if s.name == "graphs"] == [300]          # --only graphs: 5 minutes
         for stage in stages:
             scripts = [part for part in stage.command if part.endswith(".py")]
             assert all((BENCHMARKS.parent / part).exists() for part in scripts), stage
@@ -195,3 +197,20 @@ def test_transfer_stage_checks_both_ways(gpu_stages, tmp_path, capsys):
     assert values["same"] == 1 and values["to_cpu_max_diff"] == 0 and values["to_device_differ"] == 0
     assert "numpy -> CPU SAME" in gpu_check.stage_line(gpu_check.Stage("transfer", 1, [], ""),
                                                        {"status": "ok", "text": out})
+
+
+def test_the_graphs_stage_dry_run_reports_every_figure(gpu_stages, mnist_dir, tmp_path, monkeypatch, capsys):
+    """``--only graphs`` on NumPy (--quick): the emulator's capture, eager steps equal to replayed ones, the
+    host calls of a step (79 eager, 4 replayed), one epoch, the kernel table and compare.py, each read
+    back into the summary's figures."""
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert gpu_check.main(["--backend", "numpy", "--quick", "--only", "graphs", "--data-dir", str(mnist_dir)]) == 0
+    summary = (tmp_path / "summary.txt").read_text()
+    values = gpu_check.results((tmp_path / "graphs.log").read_text())
+    assert values["graph_nodes"] == 71 and values["eager_equals_graphed"] == 1
+    assert values["eager_host_calls"] == 79 and values["replayed_host_calls"] == 4
+    assert values["steps_replayed"] == 2 and values["cold_ok"] == values["table_ok"] == values["peers_ok"] == 1
+    assert values["table_kernels"] == 71 and values["peers_fit_step_ms"] > 0
+    assert "eager steps vs replayed ones, one seed           equal bit for bit" in summary
+    assert "graph of 71 nodes; eager vs replayed equal" in stage_rows(summary)["graphs"]
+    capsys.readouterr()

@@ -17,8 +17,8 @@ from minialex.models import alexnet_mnist
 h5py = pytest.importorskip("h5py")
 
 from minialex import keras_weights  # noqa: E402
-from minialex.keras_weights import (H5pyMissing, keras_keys, load_keras_weights, read_keras_weights,  # noqa: E402
-                                    save_keras_weights)
+from minialex.keras_weights import (H5pyMissing, WeightsFileError, keras_keys, load_keras_weights,  # noqa: E402
+                                    read_keras_weights, save_keras_weights)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "keras"
 WEIGHTS = FIXTURES / "alexnet_mnist.weights.h5"
@@ -306,3 +306,50 @@ def test_the_install_hint_names_a_declared_extra():
     extras = pyproject["project"]["optional-dependencies"]
     assert any(req.startswith("h5py") for req in extras["keras"])
     assert any(req.startswith("h5py") for req in extras["dev"])
+
+
+# ---- issue 29: what a damaged or odd file gives is a WeightsFileError naming it ----------------------
+@pytest.mark.parametrize("damage, message", [
+    ("empty dataset", "layers/conv2d/vars/0 is an empty dataset (no array at all)"),
+    ("scalar vars", "layers/conv2d/vars is not a group of arrays"),
+    ("nan", "holds weights the model cannot take: bad input: weight conv2d/bias holds 1 non-finite value "
+            "(NaN or infinity); fix or drop them"),
+])
+def test_odd_contents_are_a_weights_file_error_naming_the_file(tmp_path, damage, message):
+    path = fixture_copy(tmp_path)
+    with h5py.File(path, "r+") as file:
+        if damage == "empty dataset":
+            del file["layers/conv2d/vars/0"]
+            file.create_dataset("layers/conv2d/vars/0", data=h5py.Empty("f4"))
+        elif damage == "scalar vars":
+            del file["layers/conv2d/vars"]
+            file.create_dataset("layers/conv2d/vars", data=3.0)
+        else:
+            bias = file["layers/conv2d/vars/1"][()]
+            bias[0] = np.nan
+            del file["layers/conv2d/vars/1"]
+            file["layers/conv2d/vars/1"] = bias
+    said = refused(path, message, error=WeightsFileError)
+    assert said.startswith(str(path)) and "samples" not in said
+
+
+def test_a_big_endian_kernel_is_float32_all_the_same(tmp_path):
+    path = fixture_copy(tmp_path)
+    with h5py.File(path, "r+") as file:
+        kernel = file["layers/conv2d/vars/0"][()]
+        del file["layers/conv2d/vars/0"]
+        file["layers/conv2d/vars/0"] = kernel.astype(">f4")
+    model = load_keras_weights(alexnet_mnist(), path)
+    np.testing.assert_array_equal(model.layers[0].params["kernel"], kernel)
+
+
+def test_a_folder_or_a_fifo_is_named_for_what_it_is(tmp_path):
+    refused(tmp_path, "is a folder, not a Keras .weights.h5 file", error=IsADirectoryError)
+    os.mkfifo(tmp_path / "pipe")
+    refused(tmp_path / "pipe", "is not a regular file (a FIFO, a socket or a device)", error=WeightsFileError)
+
+
+def test_paths_given_as_bytes(tmp_path):
+    path = os.fsencode(tmp_path / "model.weights.h5")
+    save_keras_weights(load_keras_weights(alexnet_mnist(), WEIGHTS), path)
+    assert load_keras_weights(alexnet_mnist(), path).count_params() == 585_546

@@ -19,11 +19,13 @@ import pytest
 import minialex
 from minialex import backend, kernels, random, stand_in
 from minialex.layers import Conv2D, Dense, Dropout, LocalResponseNorm, MaxPool2D, ReLU
+from minialex import graphs
 from minialex.layers import activations, batchnorm, conv, dropout, lrn, pool
-from minialex.layers.base import same_padding
+from minialex.layers.base import matmul, same_padding
 from minialex.losses import gradient, softmax_cross_entropy
 from minialex.models import alexnet_mnist
 from minialex.optimizers import adam
+from minialex.step_values import StepDraws, StepValues
 
 from .cpp_kernels import CPP_CUPY, have_compiler
 
@@ -83,11 +85,30 @@ def pool_cases():
             {"rtol": 1e-6, "atol": 0}
 
 
+def step_draws(seed=21, drawn=5):
+    """A step's draws (``StepDraws``) starting where Generator(seed) is after ``drawn`` draws, and that generator."""
+    generator = random.Generator(seed)
+    generator.bits(drawn)
+    draws = StepDraws(StepValues(like=np.zeros(1)))
+    draws.start_step(generator)
+    return draws, generator
+
+
+def matmul_cases():
+    a, b = normal((7, 5), 30), normal((5, 3), 31)
+    for left, right in ((a, b), (np.asfortranarray(a), b), (a, np.asfortranarray(b)), (a.T.copy().T, b.T.copy().T),
+                        (a[:1], b), (a, b[:, :1]), (normal((6, 10), 32)[:, ::2], b), (a[:, :1], b[:1])):
+        yield matmul, (left, right), {}
+    yield matmul, (a, b, np.empty((7, 3), dtype=np.float32)), {"in_place": (2,)}
+    yield matmul, (a.astype(np.float64).T, normal((7, 4), 33, "float64")), {"rtol": 1e-12, "atol": 1e-12}
+
+
 def elementwise_cases():
     for dtype in ("float32", "float64"):
         generator = random.Generator(21)
         generator.bits(5)
         yield dropout.dropout, (normal((64, 84), 20, dtype), 0.3, generator), {"rtol": 0, "atol": 0}
+        yield dropout.dropout, (normal((64, 84), 20, dtype), 0.3, step_draws()[0]), {"rtol": 0, "atol": 0}
     product = normal((6, 5), 27)
     product[0, 0] = np.nan                                      # NaN stays NaN, as np.maximum keeps it
     yield activations.add_bias_relu, (product, normal(5, 28)), {"in_place": (0,), "rtol": 0, "atol": 0}
@@ -96,6 +117,16 @@ def elementwise_cases():
     param, grad, m = normal(1000, 24), normal(1000, 25), normal(1000, 26)
     yield adam, (param, grad, m, np.abs(m), np.empty_like(param), 1e-3, 0.9, 0.999, 1e-7), \
         {"in_place": (0, 2, 3), "rtol": 1e-5, "atol": 1e-7}
+    values = StepValues(like=param)
+    values["alpha"] = 1e-3
+    yield adam, (param, grad, m, np.abs(m), np.empty_like(param), values.view("alpha"), 0.9, 0.999, 1e-7), \
+        {"in_place": (0, 2, 3), "rtol": 1e-5, "atol": 1e-7}
+    loss, correct = np.asarray(0.75, dtype=np.float32), np.asarray(5, dtype=np.int64)
+    sums = (np.asarray(2.5, dtype=np.float32), np.asarray(7, dtype=np.int64))
+    yield graphs.add_to_sums, (loss, correct, 16, *sums), {"in_place": (3, 4), "rtol": 0, "atol": 0}
+    values["step"] = 2
+    yield graphs.record_step, (loss, correct, 16, values.view("step"), np.zeros(4, dtype=np.float32), *sums), \
+        {"in_place": (4, 5, 6), "rtol": 0, "atol": 0}
 
 
 def batchnorm_cases():
@@ -117,7 +148,7 @@ def batchnorm_cases():
 @functools.lru_cache(maxsize=None)
 def all_cases():
     """[(kernel, arguments, options)]: the tests copy the arguments before each call."""
-    return [*conv_cases(), *lrn_cases(), *pool_cases(), *elementwise_cases(), *batchnorm_cases()]
+    return [*conv_cases(), *lrn_cases(), *pool_cases(), *matmul_cases(), *elementwise_cases(), *batchnorm_cases()]
 
 
 def package_kernels():

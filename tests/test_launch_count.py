@@ -83,14 +83,14 @@ def test_the_tutorial_step_is_within_the_issue_s_targets(tutorial_counts):
 
 
 def test_the_batchnorm_chapter_s_network_makes_the_tutorial_s_count(monkeypatch):
-    """91 launches a training step and 34 an inference batch (docs/tutorial.md, "After AlexNet"): a
+    """89 launches a training step and 34 an inference batch (docs/tutorial.md, "After AlexNet"): a
     GPU runs the batch whole, through each BatchNormalization's kernels (4 forward, 3 backward), not
     through the sums that CPU shards add up when they meet."""
     import common
 
     monkeypatch.setattr(common, "tutorial_model", functools.partial(common.tutorial_model, norm="batchnorm"))
     counts = launch_count.count_launches()
-    assert (sum(counts["step"].values()), sum(counts["inference"].values())) == (91, 34)
+    assert (sum(counts["step"].values()), sum(counts["inference"].values())) == (89, 34)
     assert [counts["step"][(way, "batch_normalization")] for way in ("forward", "backward")] == [4, 3]
 
 

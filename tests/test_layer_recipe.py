@@ -303,8 +303,9 @@ def test_a_layer_that_differs_from_its_twin_is_named(register, monkeypatch):
     ("LocalResponseNorm", "lrn_backward",                   # dout / den^beta: the window's term forgotten
      lambda dout, x, *lrn: dout * naive.lrn_forward(x, *lrn) / x),
     ("MaxPool2D", "maxpool2d_forward", lambda x, *pool, max_pool=naive.maxpool2d_forward: -max_pool(-x, *pool)),
-    ("BatchNormalization", "batchnorm_inference",           # the batch's statistics at inference
-     lambda x, mean, variance, gamma, beta, epsilon: naive.batchnorm_forward(x, gamma, beta, epsilon)),
+    ("BatchNormalization", "batchnorm_backward",            # dout * gamma / std: the statistics' terms forgotten
+     lambda dout, x, gamma, epsilon, backward=naive.batchnorm_backward: (
+         dout * gamma / (naive.batchnorm_statistics(x)[1] + epsilon) ** 0.5, *backward(dout, x, gamma, epsilon)[1:])),
 ])
 def test_a_planted_wrong_twin_fails_naming_its_layer(monkeypatch, layer, twin, wrong):
     monkeypatch.setattr(naive, twin, wrong)

@@ -30,6 +30,7 @@ import pytest
 
 from minialex import backend, kernels, random, stand_in
 from minialex.models import alexnet_mnist
+from minialex.step_values import StepDraws
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (the dev extra brings it on Linux)")
 from cupy._core import _carray, _kernel, _scalar, core  # noqa: E402  (CuPy's code generator)
@@ -55,9 +56,12 @@ class Recorder(stand_in.CountingModule):
         super().__init__()
         self.calls = []
 
-    def record(self, what, args):
-        self.calls.append((what, [ArraySpec(a.shape, a.dtype, a.strides) if isinstance(a, numpy.ndarray) else a
-                                  for a in args]))
+    def record(self, what, args, kwargs=None):
+        def spec(a):
+            if isinstance(a, StepDraws):
+                return DrawsOnDevice()
+            return ArraySpec(a.shape, a.dtype, a.strides) if isinstance(a, numpy.ndarray) else a
+        self.calls.append((what, [spec(a) for a in args], {key: spec(a) for key, a in (kwargs or {}).items()}))
 
     def fuse(self, function):
         def call(*args):
@@ -65,14 +69,24 @@ class Recorder(stand_in.CountingModule):
             return function(*args)
         return call
 
-    def run_kernel(self, kernel, *args):
-        self.record(kernel, args)
-        return kernel.numpy_half(*args)
+    def run_kernel(self, kernel, *args, **kwargs):
+        self.record(kernel, args, kwargs)
+        return kernel.numpy_half(*args, **kwargs)
+
+
+class DrawsOnDevice:
+    """A step's draws (``StepDraws``) as the CUDA half sees them: from a word of device memory."""
+
+    @staticmethod
+    def device_start(shape, like):
+        return device_array((), numpy.uint64), 0
 
 
 def launched(dtype, norm="lrn"):
-    """[(function, arguments)] of the fused kernels of one training step and one inference batch of the
-    tutorial network (``norm='batchnorm'``: the chapter's, with BatchNormalization where LRN is)."""
+    """[(function, arguments, keyword arguments)] of the fused kernels of a training step in ``fit`` (its
+    per-step numbers read from the step's values), one by ``train_on_batch`` (passed as arguments) and an
+    inference batch of the tutorial network (``norm='batchnorm'``: the chapter's, with BatchNormalization
+    where LRN is)."""
     recorder = Recorder()
     data = numpy.random.default_rng(0)
     with backend.using_module(recorder, "recording"):
@@ -82,6 +96,7 @@ def launched(dtype, norm="lrn"):
         x = backend.to_device(data.random((64, 32, 32, 1)), dtype)
         y = backend.to_device(numpy.eye(10)[data.integers(0, 10, 64)], dtype)
         model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+        model.train_on_batch(x, y)
         model.evaluate_sums(x, y, 64)
     return recorder.calls
 
@@ -134,10 +149,14 @@ class UnwrittenReduction:
 
 
 class DeviceCupy:
-    """Just enough of the cupy module for the kernels' CUDA halves: CuPy's own ElementwiseKernel, and
-    arrays that hold no memory."""
+    """Just enough of the cupy module for the kernels' CUDA halves: CuPy's own ElementwiseKernel, arrays
+    that hold no memory, and a cuBLAS product that does nothing (cuBLAS's kernels are not minialex's)."""
     __name__ = "cupy"
     ElementwiseKernel, ReductionKernel, uint64 = cupy.ElementwiseKernel, UnwrittenReduction, cupy.uint64
+
+    @staticmethod
+    def gemm(*arguments):
+        pass
 
     @staticmethod
     def empty(shape, dtype):
@@ -151,13 +170,14 @@ class DeviceCupy:
 DEVICE_CUPY = DeviceCupy()
 
 
-def cuda_sources(function, args):
-    """[Launch] of what ``function(*args)`` launches on CuPy: a kernel's CUDA half, or ``cupy.fuse`` of a
-    ``backend.fuse`` function, as ``backend.fuse`` asks for it (every line of which CuPy writes)."""
+def cuda_sources(function, args, kwargs):
+    """[Launch] of what ``function(*args, **kwargs)`` launches on CuPy: a kernel's CUDA half, or ``cupy.fuse``
+    of a ``backend.fuse`` function, as ``backend.fuse`` asks for it (every line of which CuPy writes)."""
     on_device = [device_array(*a) if isinstance(a, ArraySpec) else a for a in args]
     DeviceArray.written = []
     if isinstance(function, kernels.Kernel):
-        function.cuda_half(DEVICE_CUPY, *on_device)
+        function.cuda_half(DEVICE_CUPY, *on_device,
+                           **{key: device_array(*a) if isinstance(a, ArraySpec) else a for key, a in kwargs.items()})
         return DeviceArray.written
     cupy.fuse(function)(*on_device)
     return [launch._replace(ours="") for launch in DeviceArray.written]
@@ -292,8 +312,8 @@ def launches(request, nvrtc_ready):
     """[Launch] of every kernel the tutorial network launches in this dtype, each distinct source once
     (the same kernel at another shape is often the same text)."""
     distinct = {}
-    for function, args in launched(request.param):
-        for launch in cuda_sources(function, args):
+    for function, args, kwargs in launched(request.param):
+        for launch in cuda_sources(function, args, kwargs):
             distinct.setdefault(launch.source, launch)
     return list(distinct.values())
 
@@ -307,8 +327,8 @@ def batchnorm_launches(request, nvrtc_ready):
     """[Launch] of BatchNormalization's elementwise kernels in the chapter's network (its reductions,
     CuPy's ReductionKernel, are checked on a card)."""
     distinct = {}
-    for function, args in launched(request.param, norm="batchnorm"):
-        for launch in cuda_sources(function, args):
+    for function, args, kwargs in launched(request.param, norm="batchnorm"):
+        for launch in cuda_sources(function, args, kwargs):
             if launch.name in BATCHNORM_KERNELS:
                 distinct.setdefault(launch.source, launch)
     return list(distinct.values())
@@ -323,8 +343,9 @@ def test_nvrtc_compiles_batchnorm_s_elementwise_kernels_cleanly(batchnorm_launch
 
 TUTORIAL_KERNELS = {   # minialex.kernels' (not BatchNormalization's: the network has none) and backend.fuse's
     "minialex_im2col", "minialex_col2im", "minialex_lrn", "minialex_lrn_backward", "minialex_max_pool",
-    "minialex_max_pool_backward", "minialex_dropout", "minialex_softmax_cross_entropy", "minialex_adam",
-    "minialex_add_bias_relu", "relu_backward", "gradient",
+    "minialex_max_pool_backward", "minialex_dropout", "minialex_dropout_from_values", "minialex_softmax_cross_entropy",
+    "minialex_adam", "minialex_adam_from_values", "minialex_add_bias_relu", "minialex_record_step",
+    "minialex_add_to_sums", "relu_backward", "gradient",
 }
 
 

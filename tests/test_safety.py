@@ -369,7 +369,10 @@ def test_a_read_only_cache_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Path, "mkdir", refuse)
     assert train_mnist.main(["--backend", "numpy"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0] == f"error: [Errno 13] Permission denied: '{tmp_path / 'cache' / 'mnist'}'"
+    assert len(err) == 1 and err[0].startswith("error: MNIST is not on this machine and could not be downloaded.")
+    assert f"The cache cannot take a download (Permission denied: {tmp_path / 'cache' / 'mnist'})." in err[0]
+    assert "To fix: set MINIALEX_CACHE_DIR to a folder you can write, with room for the files (downloads go there), " \
+           "or pass --data-dir" in err[0]
 
 
 def test_the_script_ends_in_one_line_for_a_folder_given_to_resume(tmp_path):

@@ -220,3 +220,23 @@ def test_minialex_imports_and_trains_without_matplotlib(tmp_path):
     assert result.stderr == ("error: minialex.viz draws with matplotlib, which is not installed: "
                              "pip install 'minialex[viz]'\n")
     assert not (tmp_path / "history.png").exists()
+
+
+@pytest.mark.parametrize("content, said", [('{"loss": [0.5, 0.4', "is not a readable history (Expecting"),
+                                           ('["loss"]', "is not a history of a run")])
+def test_a_damaged_history_is_named_with_its_file(tmp_path, capsys, content, said):
+    small = alexnet_mnist()
+    small.save_weights(tmp_path / viz.WEIGHTS)
+    (tmp_path / viz.HISTORY).write_text(content)
+    assert viz.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / viz.HISTORY} {said}") and err.count("\n") == 1
+
+
+def test_the_history_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from minialex import serialization
+
+    writes = []
+    monkeypatch.setattr(serialization.os, "replace", lambda source, target: writes.append((source, target)))
+    viz.save_run(tmp_path, alexnet_mnist(), {"loss": [0.5]})
+    assert [Path(target).name for _, target in writes] == [viz.WEIGHTS, viz.HISTORY]

@@ -11,8 +11,8 @@ The first of these sources that applies wins:
    or in a subfolder named after the dataset (``mnist/``, ``fashion-mnist/``). A folder named
    this way must hold all four; a missing file is an error, never a reason to download.
 2. The cache, ``default_cache_dir() / "mnist"`` (or ``/ "fashion-mnist"``), if complete.
-3. Keras's own download, if complete: ``mnist.npz`` or the folder ``fashion-mnist/`` in
-   ``default_keras_dir()`` (``~/.keras/datasets``).
+3. Keras's own download, if complete and sound: ``mnist.npz`` or the folder ``fashion-mnist/`` in
+   ``default_keras_dir()`` (``~/.keras/datasets``); a damaged one is left as it is and passed over.
 4. A download into the cache of each file it lacks, from public mirrors tried in turn (``fetch``).
 
 Every file is verified, whatever its source. MNIST: by the SHA-256 of its decompressed bytes
@@ -24,6 +24,7 @@ in 0..9, and the files must not be MNIST's, copied into the wrong folder.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy
 from tqdm import tqdm
 
-from ..serialization import remove_stale_temporaries, temporary_path
+from ..serialization import held_temporary, remove_stale_temporaries
 from .idx import decompress, format_idx, parse_idx
 
 __all__ = ["DatasetUnavailableError", "default_cache_dir", "default_keras_dir", "fetch",
@@ -60,8 +61,11 @@ NUM_CLASSES = 10
 DEFAULT_TIMEOUT = 30.0  # seconds per request
 RETRY_DELAYS = (0.5, 1.0)  # pauses before the second and third try of a mirror
 CHUNK_SIZE = 1 << 16
-OFFLINE_HINT = ("connect to the network, or pass --data-dir (data_dir=...) or set MINIALEX_DATA_DIR "
-                "to a folder holding the four files " + ", ".join(FILES) + " (plain or .gz)")
+LOCAL_HINT = ("pass --data-dir (data_dir=...) or set MINIALEX_DATA_DIR to a folder holding the four files "
+              + ", ".join(FILES) + " (plain or .gz)")
+OFFLINE_HINT = "connect to the network, or " + LOCAL_HINT
+CACHE_HINT = ("set MINIALEX_CACHE_DIR to a folder you can write, with room for the files (downloads go there), or "
+              + LOCAL_HINT)
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -74,6 +78,14 @@ class _DownloadError(Exception):
     def __init__(self, message: str, transient: bool):
         super().__init__(message)
         self.transient = transient
+
+
+class _Unwritable(Exception):
+    """The download's file cannot be written (a full disk): ``error`` is the OSError, passed on as it is."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -177,6 +189,11 @@ def fetch(filename: str, folder, *, dataset: str = "mnist", mirrors=None,
     if filename not in FILES:
         raise ValueError(f"unknown file {filename!r}; choose one of {', '.join(FILES)}")
     target = Path(folder) / f"{filename}.gz"
+    if target.parent.exists() and not target.parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{target.parent} is a file where the download's folder goes; "
+                                                f"move it away")
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{target} is a folder where the downloaded file goes; move it away")
     target.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for mirror in spec.mirrors if mirrors is None else mirrors:
@@ -203,10 +220,10 @@ def _dataset(name: str) -> Dataset:
 
 def _load(dataset: Dataset, data_dir, cache_dir, keras_dir, download: dict):
     """Try the sources in the module docstring's order; ``download`` holds fetch's options."""
-    if data_dir is not None:
-        return _load_local(dataset, Path(data_dir), "data_dir")
+    if data_dir is not None:     # "~/mnist" in quotes reaches here unexpanded: expanded as the shell would
+        return _load_local(dataset, Path(data_dir).expanduser(), "data_dir")
     if os.environ.get("MINIALEX_DATA_DIR"):
-        return _load_local(dataset, Path(os.environ["MINIALEX_DATA_DIR"]), "$MINIALEX_DATA_DIR")
+        return _load_local(dataset, Path(os.environ["MINIALEX_DATA_DIR"]).expanduser(), "$MINIALEX_DATA_DIR")
 
     cache = Path(cache_dir if cache_dir is not None else default_cache_dir()) / dataset.name
     for filename in FILES:
@@ -221,7 +238,11 @@ def _load(dataset: Dataset, data_dir, cache_dir, keras_dir, download: dict):
     if not missing and not damaged:
         return _splits([arrays[name] for name in FILES])
     keras = Path(keras_dir if keras_dir is not None else default_keras_dir()) / dataset.keras_name
-    from_keras = _load_keras(dataset, keras)
+    keras_state = "incomplete or absent"
+    try:
+        from_keras = _load_keras(dataset, keras)
+    except ValueError as exc:     # Keras's copy is damaged: not ours to change; a download may still work
+        from_keras, keras_state = None, f"unusable: {exc}"
     if from_keras is not None:
         return from_keras
     try:
@@ -230,13 +251,17 @@ def _load(dataset: Dataset, data_dir, cache_dir, keras_dir, download: dict):
             arrays[filename] = _verified(dataset, filename, target.read_bytes(), str(target))
             if filename in damaged and damaged[filename][0] != target:
                 damaged[filename][0].unlink()     # the bad plain copy would be found before the good .gz
-    except DatasetUnavailableError as exc:
+    except (DatasetUnavailableError, OSError) as exc:
         problems = [f"missing {', '.join(missing)}"] if missing else []
         problems += [reason for _, reason in damaged.values()]
+        fix = OFFLINE_HINT
+        if isinstance(exc, OSError):   # the cache cannot take the files: not writable, full, in the way
+            where = f": {exc.filename}" if exc.filename else ""
+            exc, fix = f"The cache cannot take a download ({exc.strerror or exc}{where}).", CACHE_HINT
         raise DatasetUnavailableError(
             f"{dataset.title} is not on this machine and could not be downloaded. Looked in the cache "
-            f"{cache} ({'; '.join(problems)}) and for Keras's copy {keras} (incomplete or absent).\n"
-            f"{exc}\nTo fix: {OFFLINE_HINT}.") from None
+            f"{cache} ({'; '.join(problems)}) and for Keras's copy {keras} ({keras_state}).\n"
+            f"{exc}\nTo fix: {fix}.") from None
     return _splits([arrays[name] for name in FILES])
 
 
@@ -346,15 +371,11 @@ def _remove_stale_parts(target: Path, filename: str):
 def _download(dataset, filename, url, target: Path, timeout, progress):
     """One try: ``url`` -> a temporary file beside ``target`` -> verified -> renamed to ``target``."""
     _remove_stale_parts(target, filename)
-    temporary = temporary_path(target, ".part")
-    try:
-        with open(temporary, "xb") as file:
+    with held_temporary(target, ".part") as temporary:
+        with open(temporary, "wb") as file:
             _copy_url(url, file, timeout, progress, label=filename)
         _verified(dataset, filename, Path(temporary).read_bytes(), url)
         os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def _copy_url(url, file, timeout, progress, label):
@@ -367,9 +388,14 @@ def _copy_url(url, file, timeout, progress, label):
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
                       leave=False, disable=None if progress else True) as bar:
                 while chunk := response.read(CHUNK_SIZE):
-                    file.write(chunk)
+                    try:
+                        file.write(chunk)
+                    except OSError as exc:        # this machine's disk, not the network
+                        raise _Unwritable(exc) from None
                     received += len(chunk)
                     bar.update(len(chunk))
+    except _Unwritable as exc:
+        raise exc.error from None       # a full disk: no mirror can help
     except urllib.error.HTTPError as exc:
         raise _DownloadError(f"{url}: HTTP {exc.code} {exc.reason}",
                              transient=exc.code >= 500 or exc.code == 429) from None

@@ -47,7 +47,7 @@ from __future__ import annotations
 import copy
 import re
 
-from .. import backend, random
+from .. import backend, kernels, random
 
 
 class Layer:
@@ -59,7 +59,7 @@ class Layer:
     is_replica: bool = False
 
     def __init__(self, input_shape=None, dtype="float32", name=None):
-        self.dtype = dtype
+        self.dtype = float_dtype(dtype)
         self.name = name or re.sub(r"(?<=[a-z])(?=[A-Z])", "_", type(self).__name__).lower()
         self.params: dict = {}
         self.grads: dict = {}
@@ -73,6 +73,9 @@ class Layer:
     # ---- shapes and parameters -------------------------------------------------------------
     def build(self, input_shape):
         """Create parameters for inputs of per-sample shape ``input_shape`` (batch axis excluded)."""
+        if not all(hasattr(d, "__index__") for d in input_shape) or any(int(d) < 1 for d in input_shape):
+            raise ValueError(f"{self.name}: input_shape must be sizes of at least 1 (per sample, no batch axis), "
+                             f"got {tuple(input_shape)}")
         input_shape = tuple(int(d) for d in input_shape)
         if self.input_ndim is not None and len(input_shape) != self.input_ndim - 1:
             raise ValueError(f"{self.name}: expects inputs with {self.input_ndim} axes (batch first), "
@@ -174,6 +177,27 @@ def alone(program):
             total = program.send(total)
     except StopIteration as finished:
         return finished.value
+
+
+@kernels.gpu(kernels.matmul_cuda)
+def matmul(a, b, out=None):
+    """a @ b (Conv2D's and Dense's products), into ``out`` if given. On a GPU: cuBLAS called directly,
+    the same call eagerly and inside a CUDA graph (``minialex.cublas``)."""
+    return backend.get_array_module(a).matmul(a, b, out=out)
+
+
+FLOAT_DTYPES = ("float32", "float64")    # training; the gradient checks
+
+
+def float_dtype(dtype) -> str:
+    """The name of ``dtype`` (a name, a NumPy type or dtype) if minialex's layers compute in it, else a
+    ValueError. float16 is refused: no layer is written for its range (its weights came out NaN)."""
+    name = getattr(dtype, "name", None) if not isinstance(dtype, (str, type)) else None
+    name = name or getattr(dtype, "__name__", None) or str(dtype)
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be 'float32' (training) or 'float64' (gradient checks), got {name!r}; "
+                         f"minialex's layers do not compute in other dtypes")
+    return name
 
 
 def glorot_uniform(shape, fan_in, fan_out, dtype):

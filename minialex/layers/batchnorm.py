@@ -140,8 +140,8 @@ class BatchNormalization(Layer):
                  name=None):
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-        if not epsilon > 0.0:
-            raise ValueError(f"epsilon must be positive, got {epsilon!r}")
+        if not 0.0 < epsilon < float("inf"):
+            raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
         self.momentum, self.epsilon, self.center, self.scale = float(momentum), float(epsilon), center, scale
         super().__init__(input_shape=input_shape, dtype=dtype, name=name)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from .. import backend, kernels
 from .activations import WithActivation
-from .base import check_padding, glorot_uniform, normalize_pair, same_padding, window_output_size
+from .base import check_padding, glorot_uniform, matmul, normalize_pair, same_padding, window_output_size
 
 
 @kernels.gpu(kernels.im2col_cuda)
@@ -145,7 +145,7 @@ class Conv2D(WithActivation):
         N = x.shape[0]
         OH, OW, F = self.output_shape
         cols = im2col(x, self._pads(), self.kernel_size, self.strides, (OH, OW))
-        product = cols @ self.params["kernel"].reshape(-1, F)        # z = cols @ K + bias, then the activation
+        product = matmul(cols, self.params["kernel"].reshape(-1, F))   # z = cols @ K + bias, then the activation
         if training:
             self._cols, self._x_shape = cols, x.shape
         return self._activate(product.reshape(N, OH, OW, F), training, logits)
@@ -153,8 +153,7 @@ class Conv2D(WithActivation):
     def backward(self, dout, input_grad=True):
         OH, OW, F = self.output_shape
         dz = self._activation_backward(dout).reshape(-1, F)
-        xp = backend.get_array_module(dz)
-        xp.matmul(self._cols.T, dz, out=self.grads["kernel"].reshape(-1, F))     # d kernel = cols^T @ dz, in place
+        matmul(self._cols.T, dz, out=self.grads["kernel"].reshape(-1, F))     # d kernel = cols^T @ dz, in place
         if self.use_bias:
             dz.sum(axis=0, out=self.grads["bias"])
         if not input_grad:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .. import backend
 from .activations import WithActivation
-from .base import glorot_uniform
+from .base import glorot_uniform, matmul
 
 
 class Dense(WithActivation):
@@ -35,12 +35,11 @@ class Dense(WithActivation):
         x = self._prepare(x)
         if training:
             self._x = x
-        return self._activate(x @ self.params["kernel"], training, logits)     # + bias, then the activation
+        return self._activate(matmul(x, self.params["kernel"]), training, logits)     # + bias, then the activation
 
     def backward(self, dout, input_grad=True):
         dz = self._activation_backward(dout)
-        xp = backend.get_array_module(dz)
-        xp.matmul(self._x.T, dz, out=self.grads["kernel"])     # written straight into place (no copy)
+        matmul(self._x.T, dz, out=self.grads["kernel"])     # written straight into place (no copy)
         if self.use_bias:
             dz.sum(axis=0, out=self.grads["bias"])
-        return dz @ self.params["kernel"].T if input_grad else None
+        return matmul(dz, self.params["kernel"].T) if input_grad else None
