@@ -1,5 +1,6 @@
 """The benchmark scripts that the README quotes still run and report what they claim to: the step
-profile (benchmarks/step_profile.py) names every layer and adds up, compare.py says plainly
+profile (benchmarks/step_profile.py) names every layer and adds up, for both of the tutorial's
+networks, fit_loop.py times fit against the same work bare, compare.py says plainly
 when a peer (Keras, PyTorch) is not installed, and the kernel table (benchmarks/kernel_table.py) lists
 every launch of a step's graph and matches a card's kernels to them. Timings are not checked: tests
 assert, benchmarks measure."""
@@ -8,21 +9,33 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import common  # noqa: E402
 import compare  # noqa: E402
+import fit_loop  # noqa: E402
 import kernel_table  # noqa: E402
 import step_profile  # noqa: E402
 
 
-def test_the_step_profile_names_every_layer_and_adds_up(capsys):
-    step_profile.main(["--steps", "2", "--threads", "1"])
+@pytest.mark.parametrize("norm", ["lrn", "batchnorm"])
+def test_the_step_profile_names_every_layer_and_adds_up(capsys, norm):
+    step_profile.main(["--steps", "2", "--threads", "2", "--norm", norm])
     out = capsys.readouterr().out
-    for layer in common.tutorial_model().layers:
+    for layer in common.tutorial_model(norm=norm).layers:
         assert re.search(rf"^\| {layer.name} \| [\d.]+ \| [\d.]+ \| [\d.]+ \| -?[\d.]+ \|", out, re.M), layer.name
     result = dict(item.split("=") for item in re.search(r"^RESULT (.*)$", out, re.M).group(1).split())
     assert float(result["products_ms"]) < float(result["shard_ms"]) <= float(result["step_ms"]) * 1.5
     assert "floor at the GEMM rate" in out
+
+
+def test_the_fit_loop_benchmark_times_fit_against_the_same_work_bare(capsys):
+    fit_loop.main(["--images", "200", "--rounds", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    result = dict(item.split("=") for item in re.search(r"^RESULT (.*)$", out, re.M).group(1).split())
+    assert float(result["fit_s"]) > 0 and float(result["bare_s"]) > 0
+    assert "160 training + 40 validation images" in out
 
 
 def test_the_product_shapes_are_the_layers_own():
