@@ -16,6 +16,7 @@ from minialex.models import Sequential, alexnet_mnist
 from minialex.optimizers import Adam
 from minialex.parallel import shard_plan
 
+from .test_data_parallel import train_unsharded
 from .test_kernels import through_gpu_path
 from .test_naive import assert_twins, host, inputs
 
@@ -216,27 +217,13 @@ def test_the_guard_puts_back_the_moving_statistics_with_the_weights(monkeypatch)
 
 # ---- a layer that mixes samples and the data-parallel step ----------------------------------------
 
-def unsharded(steps, n):
-    """The small model after ``steps`` steps over whole batches of n: forward_loss, backward and
-    apply_gradients, with their results."""
-    model = small_model()
-    results = []
-    for step in range(steps):
-        x, y = model.prepare_inputs(*batch(n, seed=step))
-        loss, correct = model.forward_loss(x, y)
-        model.backward()
-        model.apply_gradients()
-        results.append([float(loss), float(correct) / n])
-    return model, results
-
-
 @pytest.mark.parametrize("threads, n, shards", [(1, 64, 2), (2, 64, 2), (2, 100, 3), (1, 128, 4), (2, 128, 4)])
 def test_the_sharded_step_equals_the_unsharded_one(threads, n, shards):
     """The shards meet at each BatchNormalization and normalise by the whole batch's statistics, so
     the step is the unsharded one up to summation order, its moving statistics the whole batch's;
     with fewer threads than shards too (they run in turns)."""
     assert len(shard_plan(n)) == shards
-    plain, plain_results = unsharded(3, n)
+    plain, plain_results = train_unsharded(3, n, small_model, batch)
     model = small_model()
     with threadpool_limits(threads, user_api="blas"):
         results = [model.train_on_batch(*batch(n, seed=step)) for step in range(3)]

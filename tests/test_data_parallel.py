@@ -48,12 +48,13 @@ def train(threads, steps, n, dtype="float64"):
     return model, results
 
 
-def train_unsharded(steps, n):
-    """The same steps without shards: forward_loss, backward and apply_gradients over whole batches."""
-    model = small_model()
+def train_unsharded(steps, n, make_model=small_model, make_batch=batch):
+    """The same steps without shards: forward_loss, backward and apply_gradients over whole batches
+    (of a model and batches made by ``make_model`` and ``make_batch``); the model and the results."""
+    model = make_model()
     results = []
     for step in range(steps):
-        x, y = model.prepare_inputs(*batch(n, seed=step))
+        x, y = model.prepare_inputs(*make_batch(n, seed=step))
         loss, correct = model.forward_loss(x, y)
         model.backward()
         model.apply_gradients()

@@ -138,7 +138,8 @@ def batchnorm_cases():
             yield batchnorm.normalize_for_inference, (rows, mean, variance, gamma, beta, 1e-3), {}
             y, xhat = batchnorm.normalize(rows, mean, variance, gamma, beta, 1e-3)
             dbeta, dgamma = batchnorm.parameter_gradients(dout, xhat, None, None)
-            yield batchnorm.batchnorm_backward, (dout, xhat, dbeta, dgamma, gamma, variance, 1e-3, 30), {}  # 12 of 30 rows
+            # these 12 rows as one shard of a batch of 30
+            yield batchnorm.batchnorm_backward, (dout, xhat, dbeta, dgamma, gamma, variance, 1e-3, 30), {}
         yield batchnorm.update_moving_statistics, (mean, variance, 0.9, np.zeros(4, dtype), np.ones(4, dtype)), \
             {"in_place": (3, 4)}
         yield batchnorm.batch_statistics, (rows,), {"reduces": True}
