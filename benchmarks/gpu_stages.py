@@ -332,9 +332,10 @@ def graphs(args):
     for eager_step in (True, False):
         values.update(step_times(args.backend, x[:batch], y[:batch], eager_step))
         print(result_line(values), flush=True)
-    for name, command in parts(args):
-        values.update(run_part(name, command, PART_S[name]))
-        print(result_line(values), flush=True)
+    with tempfile.TemporaryDirectory(prefix="minialex_kernel_cache_") as kernel_cache:    # gone afterwards
+        for name, command in parts(args):
+            values.update(run_part(name, command, PART_S[name], kernel_cache))
+            print(result_line(values), flush=True)
     return 0
 
 
@@ -424,17 +425,13 @@ def parts(args):
             ("compiled", peers + ["--step-rounds", "5", "--images", "1000", "--no-keras"])]
 
 
-_cache: dict = {}
-
-
-def run_part(name, command, limit):
-    """Run one part in a process of its own (the cold run with an empty CuPy kernel cache, the warm one
-    after it with the same cache); echo its output; its RESULT's values, each prefixed with the part's name."""
+def run_part(name, command, limit, kernel_cache):
+    """Run one part in a process of its own (the cold run with the CuPy kernel cache ``kernel_cache``
+    empty, the warm one after it with the same cache); echo its output; its RESULT's values, each
+    prefixed with the part's name."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if name in ("cold", "warm"):
-        if "folder" not in _cache:
-            _cache["folder"] = tempfile.mkdtemp(prefix="minialex_kernel_cache_")
-        env["CUPY_CACHE_DIR"] = _cache["folder"]
+        env["CUPY_CACHE_DIR"] = kernel_cache
     print(f"INFO part {name}: {' '.join(command)} (limit {limit} s)", flush=True)
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit)
