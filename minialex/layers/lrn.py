@@ -60,7 +60,7 @@ def window_sum(values, depth_radius, weight):
 def power(den, beta):
     """den ** beta. The general power is costly (an exp and a log per element), so the common exponents
     take square roots instead: den^0.75 = sqrt(den * sqrt(den)), den^0.5 = sqrt(den). For the tutorial's
-    two LRN layers at batch 64: 2.8 against 16.3 ms for ``den ** 0.75`` (one thread, AMD EPYC Zen 4,
+    two LRN layers at batch 64: 2.8 against 16.3 ms for ``den ** 0.75`` (one thread, AMD EPYC Zen 3 (AVX2),
     7 December 2026, ``benchmarks/bench_tricks.py``, timed in turns under a load average of 4)."""
     xp = backend.get_array_module(den)
     if beta == 0.75:

@@ -13,7 +13,7 @@ array, and the first pass reads whole rows (W*C contiguous values), which is wha
 Alone, this separable forward is no faster than one max over all PH*PW taps (1.50 against 1.46 ms for
 the tutorial's two pools at batch 64; 0.7x on an Intel Xeon): it is kept for the pair, because its
 column maxima let backward route in two passes, 2.3x faster than routing over all taps (4.45 against
-9.88 ms). Both from ``benchmarks/bench_tricks.py``, one thread, AMD EPYC Zen 4, 7 December 2026.
+9.88 ms). Both from ``benchmarks/bench_tricks.py``, one thread, AMD EPYC Zen 3 (AVX2), 7 December 2026.
 
 Backward retraces the two passes: each dout goes to the first column (from the left) whose maximum
 won, then within that column to the first row (from the top) holding it. So a window with ties
@@ -138,7 +138,7 @@ def route_in_place(dout, source, result, axis, size, stride, length):
     """``route_to_first_max`` for disjoint windows (stride >= size): each place is written once, no
     temporaries. What a tap does not take moves on, parked in the next tap's place, and the rest is its
     share; only what no window reads is zeroed. 1.5x faster than ``route_by_adding`` on the tutorial's
-    pools (4.53 against 6.84 ms for both passes of both pools, batch 64, one thread, AMD EPYC Zen 4,
+    pools (4.53 against 6.84 ms for both passes of both pools, batch 64, one thread, AMD EPYC Zen 3 (AVX2),
     7 December 2026, ``benchmarks/bench_tricks.py``)."""
     xp = backend.get_array_module(dout)
     indices = list(taps(source.ndim, axis, size, stride, length))
