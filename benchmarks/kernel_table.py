@@ -28,8 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy  # noqa: E402
-
 import common  # noqa: E402
 import launch_count  # noqa: E402
 from minialex import backend, graph_stand_in  # noqa: E402

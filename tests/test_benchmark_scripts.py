@@ -2,8 +2,8 @@
 profile (benchmarks/step_profile.py) names every layer and adds up, for both of the tutorial's
 networks, fit_loop.py times fit against the same work bare, compare.py says plainly
 when a peer (Keras, PyTorch) is not installed, and the kernel table (benchmarks/kernel_table.py) lists
-every launch of a step's graph and matches a card's kernels to them. Timings are not checked: tests
-assert, benchmarks measure."""
+every launch of a step's graph and matches a card's kernels to them, and weights_hash.py gives a seeded
+run's weights one digest. Timings are not checked: tests assert, benchmarks measure."""
 import argparse
 import re
 import sys
@@ -17,6 +17,7 @@ import compare  # noqa: E402
 import fit_loop  # noqa: E402
 import kernel_table  # noqa: E402
 import step_profile  # noqa: E402
+import weights_hash  # noqa: E402
 
 
 @pytest.mark.parametrize("norm", ["lrn", "batchnorm"])
@@ -92,3 +93,10 @@ def test_the_kernel_table_matches_a_card_s_kernels_to_the_launches():
     lines = kernel_table.table(matched)
     assert len(lines) == 1 + 72 and "3.0" in lines[1] and "(outside the graph)" in lines[1]
     assert all(" 2.0 " in line or " 1.0 " in line for line in lines[2:])
+
+
+def test_the_weights_hash_is_the_seeded_run_s_and_tells_runs_apart(mnist_dir):
+    first = weights_hash.weights_hash(images=96, data_dir=mnist_dir)
+    assert re.fullmatch(r"[0-9a-f]{16}", first)
+    assert weights_hash.weights_hash(images=96, data_dir=mnist_dir) == first
+    assert weights_hash.weights_hash(images=96, validation_split=0.0, data_dir=mnist_dir) != first

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from minialex import backend, graph_stand_in, graphs, random, stand_in, training
-from minialex.layers import Dense, Layer
+from minialex.layers import Layer
 from minialex.layers import dropout as dropout_layer
 from minialex.models import Sequential, alexnet_mnist
 from minialex.step_values import StepDraws, StepValues

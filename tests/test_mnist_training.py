@@ -5,7 +5,7 @@ broken layer stays near chance (0.1). The threshold 0.6 leaves a wide margin bot
 """
 import numpy as np
 
-from minialex import backend, random
+from minialex import random
 from minialex.data import load_mnist, preprocess_images, to_categorical
 from minialex.models import alexnet_mnist
 from minialex.optimizers import Adam

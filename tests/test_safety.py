@@ -24,7 +24,6 @@ import pytest
 from minialex import random, serialization, train_mnist, training
 from minialex.data import mnist as mnist_module
 from minialex.data import load_mnist
-from minialex.models import Sequential
 from minialex.optimizers import SGD, Adam
 from minialex.serialization import load_npz, save_npz
 
